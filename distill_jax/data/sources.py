@@ -1,0 +1,116 @@
+"""Data sources, registered by name; ``config.data.source`` picks one.
+
+Each source is ``fn(data_config) -> Dataset`` and reads nothing from the network unless the
+config explicitly allows a TFDS download.
+"""
+import os
+
+import numpy as np
+
+from distill_jax.data.dataset import Dataset, seeded_split
+from distill_jax.registry import Registry
+
+SOURCES: Registry = Registry("data source")
+
+
+def load(data_config) -> Dataset:
+  """Build the Dataset that ``data_config.source`` names."""
+  return SOURCES.get(data_config.source)(data_config)
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+  """uint8 images to [0, 1]; anything else is taken as already scaled."""
+  x = np.asarray(x)
+  return (x / 255.0).astype(np.float32) if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+@SOURCES.register("digits")
+def digits(data_config) -> Dataset:
+  """scikit-learn's bundled 1,797 8x8 digits (real, offline), pixels scaled to [0, 1]."""
+  from sklearn.datasets import load_digits
+  raw = load_digits()
+  x = (raw.data / 16.0).astype(np.float32)
+  y = raw.target.astype(np.int32)
+  return Dataset("digits", *seeded_split(x, y, data_config.test_fraction, data_config.split_seed),
+                 num_classes=10)
+
+
+@SOURCES.register("npz")
+def npz(data_config) -> Dataset:
+  """Any ``.npz`` with ``x`` (N, ...) and integer ``y`` (N,), split by a seeded fraction."""
+  path = data_config.path
+  if not path or not os.path.isfile(path):
+    raise FileNotFoundError(f"data.path: npz file {path!r} does not exist")
+  with np.load(path, allow_pickle=False) as f:
+    missing = [k for k in ("x", "y") if k not in f.files]
+    if missing:
+      raise ValueError(f"npz file {path!r} lacks array(s) {missing}; it has {f.files}. "
+                       "Expected 'x' of shape (N, ...) and 'y' of shape (N,) with int labels")
+    x, y = f["x"], f["y"]
+  if y.ndim != 1 or len(y) != len(x):
+    raise ValueError(f"npz file {path!r}: 'y' has shape {y.shape}, expected ({len(x)},) "
+                     f"to match 'x' of shape {x.shape}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"npz file {path!r}: 'y' has dtype {y.dtype}, expected integer labels")
+  if len(x) < 2:
+    raise ValueError(f"npz file {path!r} holds {len(x)} examples; need at least 2 to split")
+  num_classes = int(data_config.get("num_classes") or (y.max() + 1))
+  return Dataset(os.path.basename(path), *seeded_split(_as_float(x), y.astype(np.int32),
+                                                       data_config.test_fraction,
+                                                       data_config.split_seed), num_classes)
+
+
+class DatasetUnavailableError(RuntimeError):
+  """A TFDS dataset is not prepared in data_dir and downloading was not allowed (or failed)."""
+
+
+def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+  """Whether TFDS's download mirror answers; offline, tfds would retry for minutes."""
+  import socket
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+@SOURCES.register("tfds")
+def tfds_source(data_config) -> Dataset:
+  """A TFDS dataset by name (``mnist``, ``cifar10``...) read from ``data_dir``.
+
+  Offline machines cannot download, and ``tfds.load`` retries a dead network for minutes, so
+  by default nothing is downloaded: a dataset missing from ``data_dir`` fails at once. Set
+  ``data.download=True`` on a machine with network to prepare it (or run ``tfds build NAME
+  --data_dir=DIR`` there and copy ``DIR`` over).
+  """
+  import tensorflow_datasets as tfds
+  name, data_dir = data_config.name, data_config.data_dir or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # unknown names raise DatasetNotFoundError with a long listing
+    raise DatasetUnavailableError(f"TFDS dataset {name!r} is not known to tensorflow-datasets "
+                                  f"({type(e).__name__})") from None
+  if not builder.is_prepared():
+    where = f"data_dir {data_dir or tfds.core.constants.DATA_DIR!r} (looked in {builder.data_dir})"
+    if not data_config.get("download", False):
+      raise DatasetUnavailableError(
+          f"TFDS dataset {name!r} is not prepared in {where} and "
+          "data.download=False. Prepare it where there is network (`tfds build "
+          f"{name} --data_dir=DIR`) and point data.data_dir at DIR, or set data.download=True.")
+    if not _online():
+      raise DatasetUnavailableError(f"TFDS dataset {name!r} is not prepared in {where} and this "
+                                    "machine is offline, so data.download=True cannot fetch it")
+    try:
+      builder.download_and_prepare()
+    except Exception as e:
+      raise DatasetUnavailableError(f"TFDS dataset {name!r} could not be downloaded into "
+                                    f"data_dir {builder.data_dir!r}: {e}") from None
+  keys = builder.info.supervised_keys
+  if not keys:
+    raise DatasetUnavailableError(f"TFDS dataset {name!r} has no supervised (input, label) keys")
+  arrays = {}
+  for split in ("train", "test"):
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+    arrays[split] = (_as_float(data[0]), np.asarray(data[1], np.int32))
+  num_classes = builder.info.features[keys[1]].num_classes
+  return Dataset(name, *arrays["train"], *arrays["test"], num_classes=num_classes)

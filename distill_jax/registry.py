@@ -1,0 +1,28 @@
+"""Registries, not if-chains: a config names a function; users add their own with a decorator."""
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+  """A name -> object table whose lookup errors list the known names."""
+
+  def __init__(self, kind: str):
+    self.kind = kind
+    self._items: dict[str, T] = {}
+
+  def register(self, name: str) -> Callable[[T], T]:
+    def add(obj: T) -> T:
+      if name in self._items:
+        raise ValueError(f"{self.kind} {name!r} is already registered")
+      self._items[name] = obj
+      return obj
+    return add
+
+  def get(self, name: str) -> T:
+    if name not in self._items:
+      raise KeyError(f"unknown {self.kind} {name!r}; known: {sorted(self._items)}")
+    return self._items[name]
+
+  def names(self) -> list[str]:
+    return sorted(self._items)

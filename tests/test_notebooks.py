@@ -1,0 +1,29 @@
+"""Every notebook in colabs/ runs top to bottom (small settings), so none can silently rot."""
+import glob
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.helpers import ROOT
+
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
+
+
+def test_there_are_notebooks():
+  assert any(p.endswith("quickstart.ipynb") for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs_top_to_bottom(path, monkeypatch):
+  nb = nbformat.read(path, as_version=4)
+  assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+      f"{path}: clear outputs before committing"
+  monkeypatch.setenv("SMOKE", "1")
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": os.path.join(ROOT, "colabs")}}).execute()
+  printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.outputs)
+  if path.endswith("quickstart.ipynb"):
+    assert "student distilled" in printed and "compression" in printed
