@@ -34,7 +34,13 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.student = dict(model=dict(name="mlp", hidden=(256,) * 2, dropout=0.1),
                    steps=2000, learning_rate=1e-3,
                    mixup=1.0,       # Beta(1, 1) mixup: KD on points between the examples
-                   init=dict(strategy="select", layers=(0, 5, 9)))
+                   init=dict(strategy="select",   # random | select | average | similarity | width
+                             rules=(("depth", r"Dense_(\d+)"),),   # one group per layer
+                             num_examples=512,    # inputs for CKA / activation importance
+                             select=dict(layers=(0, 5, 9), every=0),
+                             average=dict(),
+                             similarity=dict(measure="auto", mode="merge"),
+                             width=dict(layers=(), every=0, importance="weight")))
   c.distill = dict(temperature=4.0, alpha=0.9)
 
   if arg == "smoke":

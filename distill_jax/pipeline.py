@@ -17,6 +17,7 @@ from distill_jax import models, recombine, train
 from distill_jax.checkpoint import Checkpointer, restore_params
 from distill_jax.loop import MetricsWriter, fit
 from distill_jax.paths import count_params
+from distill_jax.recombine.accounting import format_accounting, write_accounting
 
 
 def train_model(phase: str, model, params: Any, phase_config, config, dataset: data_lib.Dataset,
@@ -53,13 +54,24 @@ def evaluate(model, params: Any, dataset: data_lib.Dataset, mesh, config) -> np.
   return train.predict(model.apply, params, dataset.x_test, mesh, config.eval_batch_size)
 
 
-def init_student(student, teacher_params: Any, dataset: data_lib.Dataset, config) -> tuple:
-  """Random student parameters, then the configured recombination strategy over them."""
-  init = dict(config.student.init)
+def init_student(student, teacher, teacher_params: Any, dataset: data_lib.Dataset, config,
+                 workdir: Optional[str] = None) -> tuple:
+  """Random student parameters, then the configured recombination of the teacher into them.
+
+  ``config.student.init.strategy`` names the strategy; its options are
+  ``config.student.init[strategy]``. Data-driven strategies see up to ``init.num_examples``
+  training inputs. The accounting report is written to ``workdir``.
+  """
+  init = config.student.init
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   fresh = train.init_params(student, dataset.input_shape, rng)
-  strategy = recombine.STRATEGIES.get(init.pop("strategy"))
-  return strategy(teacher_params, fresh, **init)
+  context = recombine.Context(teacher.apply, teacher_params,
+                              dataset.x_train[:init.get("num_examples", 512)], workdir)
+  options = dict(init.get(init.strategy, {}))
+  params, report = recombine.recombine(teacher_params, fresh, strategy=init.strategy,
+                                       rules=init.rules, context=context, **options)
+  write_accounting(report, workdir)
+  return params, report
 
 
 def get_teacher(config, dataset, mesh, workdir, writer) -> tuple:
@@ -95,7 +107,8 @@ def run(config, workdir: str) -> dict:
     summary["baseline"] = {"accuracy": train.accuracy(logits, dataset.y_test),
                            "agreement": train.agreement(logits, teacher_logits)}
 
-  params, init_report = init_student(student, teacher_params, dataset, config)
+  params, init_report = init_student(student, teacher, teacher_params, dataset, config, workdir)
+  print(format_accounting(init_report))
   init_logits = evaluate(student, params, dataset, mesh, config)
   params = train_model("student", student, params, config.student, config, dataset, mesh,
                        workdir, teacher=(teacher, teacher_params), writer=writer)

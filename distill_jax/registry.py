@@ -1,4 +1,5 @@
 """Registries, not if-chains: a config names a function; users add their own with a decorator."""
+import logging
 from typing import Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -13,8 +14,9 @@ class Registry(Generic[T]):
 
   def register(self, name: str) -> Callable[[T], T]:
     def add(obj: T) -> T:
-      if name in self._items:
-        raise ValueError(f"{self.kind} {name!r} is already registered")
+      if name in self._items and self._items[name] is not obj:
+        # Re-running a notebook cell re-registers the same name: the newest definition wins.
+        logging.warning("%s %r re-registered", self.kind, name)
       self._items[name] = obj
       return obj
     return add

@@ -1,27 +1,40 @@
-"""Recombination: build a student's parameters from a teacher's.
+"""Recombination: build a student's parameters from a partitioned teacher.
 
-A strategy is ``fn(teacher_params, student_params, **options) -> (params, report)`` where
-``student_params`` is a freshly initialised student (its shapes are the target and its values
-the fallback for anything not taken from the teacher), registered by name so that
-``config.student.init.strategy`` can pick it.
+Both teacher and (freshly initialised) student are partitioned by the same rules; a strategy
+fills each student group from teacher groups:
+
+  strategy(teacher: Partition, student: Partition, context, **options)
+      -> (groups, reused, info)
+
+``groups`` has the student's group/key structure (and shapes), ``reused`` is the set of
+``(group, key)`` whose values came from the teacher (copied, averaged or sliced), ``info`` a
+JSON-able dict for the report. Strategies are registered by name and chosen in the config.
 """
-from distill_jax.recombine.select import layer_indices, select
-from distill_jax.registry import Registry
+from typing import Any, Optional, Sequence
 
-STRATEGIES: Registry = Registry("recombination strategy")
-STRATEGIES.register("select")(select)
+from distill_jax.partition import combine, partition
+from distill_jax.partition.core import with_groups
+from distill_jax.recombine.accounting import account, format_accounting
+from distill_jax.recombine.context import Context
+from distill_jax.recombine.strategies import STRATEGIES, plan_layers
 
+# Importing registers the data-driven strategies too.
+from distill_jax.recombine import similarity as _similarity  # noqa: F401
+from distill_jax.recombine import width as _width  # noqa: F401
 
-@STRATEGIES.register("random")
-def random_init(teacher_params, student_params, **unused_options):
-  """Keep the student's random initialisation (the 'no reuse' reference).
-
-  Options meant for other strategies (e.g. ``layers``) are ignored, so that switching a config
-  to ``--config.student.init.strategy=random`` needs no other override.
-  """
-  from distill_jax.paths import count_params
-  return student_params, {"strategy": "random", "reused_params": 0,
-                          "student_params": count_params(student_params)}
+DEFAULT_RULES = (("depth", r"Dense_(\d+)"),)
 
 
-__all__ = ["STRATEGIES", "select", "layer_indices"]
+def recombine(teacher_params: Any, student_params: Any, *, strategy: str,
+              rules: Sequence = DEFAULT_RULES, context: Optional[Context] = None,
+              **options) -> tuple[Any, dict]:
+  """Student params made by ``strategy`` from the teacher, plus the accounting report."""
+  teacher, student = partition(teacher_params, rules), partition(student_params, rules)
+  groups, reused, info = STRATEGIES.get(strategy)(teacher, student, context or Context(),
+                                                  **options)
+  result = with_groups(student, groups)
+  return combine(result), account(teacher, result, reused, dict(info, strategy=strategy))
+
+
+__all__ = ["STRATEGIES", "Context", "recombine", "account", "format_accounting", "plan_layers",
+           "DEFAULT_RULES"]

@@ -1,0 +1,151 @@
+"""Partition rules: ``rule(paths, leaves) -> {path: claim}`` for the paths the rule claims.
+
+A claim says which group a parameter belongs to and under which *layer-relative key* it is
+stored there (the path with the layer's own name abstracted away, so that ``Dense_3/kernel``
+and ``Dense_7/kernel`` are both ``Dense_*/kernel`` and can be matched across layers). For a
+stacked (scanned) array, the claim is a list with one ``(group, key)`` per slice along the
+leading axis.
+
+Config form: ``(kind, *args)`` with an optional trailing dict of keyword arguments, e.g.
+``("depth", r"Dense_(\\d+)", {"block": 3})``; ``kind`` is any registered rule name.
+"""
+import re
+from typing import Any, Callable, Optional, Sequence, Union
+
+from distill_jax.registry import Registry
+
+Claim = tuple[str, str]                       # (group, layer-relative key)
+RuleFn = Callable[[list[str], dict[str, Any]], dict[str, Union[Claim, list[Claim]]]]
+RULES: Registry = Registry("partition rule")
+
+
+def register(name: str):
+  """Decorator registering a rule *factory* ``(*args, **kwargs) -> RuleFn`` under ``name``."""
+  return RULES.register(name)
+
+
+def make_rule(spec) -> RuleFn:
+  """A rule from its config form ``(kind, *args[, kwargs])``, or a callable as is."""
+  if callable(spec):
+    return spec
+  spec = tuple(spec)
+  if not spec or not isinstance(spec[0], str):
+    raise ValueError(f"partition rule {spec!r}: expected (kind, *args[, kwargs]) with kind one "
+                     f"of {RULES.names()}")
+  args, kwargs = list(spec[1:]), {}
+  if args and isinstance(args[-1], dict):
+    kwargs = dict(args.pop())
+  rule = RULES.get(spec[0])(*args, **kwargs)
+  rule.description = f"{spec[0]}{tuple(args)}" + (f" {kwargs}" if kwargs else "")
+  return rule
+
+
+@register("regex")
+def regex(pattern: str, group: str) -> RuleFn:
+  """Paths that ``re.fullmatch(pattern)`` go to ``group`` (which may use ``\\1`` backrefs)."""
+  compiled = re.compile(pattern)
+
+  def rule(paths, leaves):
+    claims = {}
+    for path in paths:
+      if m := compiled.fullmatch(path):
+        claims[path] = (m.expand(group), path)
+    return claims
+  return rule
+
+
+def _layer_match(pattern: re.Pattern, path: str) -> Optional[re.Match]:
+  # A depth pattern names one or more whole path components (e.g. "encoder/layer_(\d+)").
+  return pattern.search(path)
+
+
+def _depth_group(index: int, ranges, block, stride) -> str:
+  if ranges:
+    for lo, hi in ranges:
+      if lo <= index < hi:
+        return f"layers_{lo}-{hi - 1}"
+    return ""
+  if block:
+    return f"block_{index // block}"
+  if stride:
+    return f"stride_{index % stride}"
+  return f"layer_{index}"
+
+
+@register("depth")
+def depth(pattern: Optional[str] = None, *, stacked: Optional[str] = None,
+          ranges: Optional[Sequence[Sequence[int]]] = None, block: int = 0,
+          stride: int = 0) -> RuleFn:
+  """Group by layer index.
+
+  ``pattern`` (searched at path-component boundaries) has one capturing group with the layer
+  index, e.g. ``Dense_(\\d+)`` or ``encoder/layer_(\\d+)``. ``stacked`` is a regex (fullmatch)
+  for scanned arrays whose leading axis is the layer index; they are split along that axis.
+  Groups: ``layer_i`` by default; ``ranges=[(0, 4), (4, 10)]`` -> ``layers_0-3``...;
+  ``block=k`` -> ``block_{i // k}`` (consecutive k layers); ``stride=k`` -> ``stride_{i % k}``
+  (every k-th layer together). An index outside every range is not claimed. With one layer
+  per group the keys are layer-relative (``Dense_*/kernel``), otherwise full paths.
+  """
+  if pattern is None and stacked is None:
+    raise ValueError("depth rule needs a layer pattern or a stacked pattern")
+  layer = re.compile(rf"(?:^|(?<=/)){pattern}(?=/|$)") if pattern else None
+  if layer is not None and layer.groups < 1:
+    raise ValueError(f"depth pattern {pattern!r} needs a capturing group for the layer index")
+  scanned = re.compile(stacked) if stacked else None
+  # One layer per group: keys are layer-relative ("Dense_*/kernel") so layers can be matched
+  # across groups; several layers per group keep their full paths as keys.
+  per_layer = not (ranges or block or stride)
+
+  def rule(paths, leaves):
+    claims = {}
+    for path in paths:
+      if scanned is not None and scanned.fullmatch(path):
+        groups = [_depth_group(i, ranges, block, stride) for i in range(leaves[path].shape[0])]
+        if all(groups):
+          claims[path] = [(g, path if per_layer else f"{path}[{i}]")
+                          for i, g in enumerate(groups)]
+      elif layer is not None and (m := _layer_match(layer, path)):
+        group = _depth_group(int(m.group(1)), ranges, block, stride)
+        if group:
+          key = path[:m.start(1)] + "*" + path[m.end(1):] if per_layer else path
+          claims[path] = (group, key)
+    return claims
+  return rule
+
+
+def layer_order(paths: Sequence[str], pattern: re.Pattern) -> list[str]:
+  """Layer names (the matched prefix, e.g. ``Dense_3``) in model order.
+
+  Model order is the order of first appearance in the tree (Flax keeps creation order), with
+  names that differ only in their index sorted numerically, so a tree whose keys were sorted
+  as strings (``Dense_10`` before ``Dense_2``) still comes out right.
+  """
+  first_seen: dict[str, int] = {}
+  layers: dict[str, tuple] = {}
+  for path in paths:
+    if m := pattern.search(path):
+      name = path[:m.end()]
+      family = name[:m.start(1)] + "#" + name[m.end(1):]
+      first_seen.setdefault(family, len(first_seen))
+      layers[name] = (first_seen[family], int(m.group(1)))
+  return sorted(layers, key=layers.get)
+
+
+@register("role")
+def role(pattern: str = r"(?:Dense|Conv)_(\d+)", *, stem: int = 1, head: int = 1) -> RuleFn:
+  """Input stem / body / output head: the first ``stem`` layers (in model order) are
+  ``stem``, the last ``head`` are ``head``, the rest ``body``. Paths outside any layer are
+  not claimed."""
+  layer = re.compile(rf"(?:^|(?<=/)){pattern}(?=/|$)")
+
+  def rule(paths, leaves):
+    order = layer_order(paths, layer)
+    roles = {name: "stem" if i < stem else "head" if i >= len(order) - head else "body"
+             for i, name in enumerate(order)}
+    claims = {}
+    for path in paths:
+      if m := layer.search(path):
+        name = path[:m.end()]
+        claims[path] = (roles[name], path)
+    return claims
+  return rule
