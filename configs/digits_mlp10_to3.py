@@ -23,6 +23,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                 split_seed=0,
                 num_classes=0)      # npz: 0 = max label + 1
   c.batch_size = 64
+  c.micro_batches = 1               # gradient accumulation: split each batch into k parts
+  # Device mesh {axis: size} (-1: all remaining devices); batches split over data (and fsdp).
+  c.mesh = dict(data=-1)
+  # (regex over "/"-joined paths of the train state / teacher params, PartitionSpec entries);
+  # first match wins. FSDP example: ((r".*kernel", (None, "fsdp")), (".*", ())) with
+  # --config.mesh='{"data": 2, "fsdp": 4}'.
+  c.sharding = dict(student=((".*", ()),), teacher=((".*", ()),))
+  # Multi-host: auto=True on TPU pods / SLURM / Open MPI, or an explicit coordinator.
+  c.distributed = dict(auto=False, coordinator_address="", num_processes=1, process_id=0,
+                       cpu_collectives="", timeout=300)
   c.eval_batch_size = 512
   c.log_every = 10
   c.checkpoint_every = 500
@@ -41,7 +51,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                              average=dict(),
                              similarity=dict(measure="auto", mode="merge"),
                              width=dict(layers=(), every=0, importance="weight")))
-  c.distill = dict(temperature=4.0, alpha=0.9)
+  c.distill = dict(temperature=4.0, alpha=0.9,
+                   teacher_dtype="float32",  # or "bfloat16": teacher forward in bf16
+                   cache="",                 # "" online teacher | "logits" | "topk" (no mixup)
+                   cache_topk=5)
 
   if arg == "smoke":
     c.teacher.steps, c.student.steps = 60, 40

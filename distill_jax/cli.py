@@ -14,6 +14,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from distill_jax import distributed
+
 FLAGS = flags.FLAGS
 
 
@@ -54,6 +56,7 @@ def run(job: Callable[[object, str], object], workdir_help: str) -> None:
     del argv
     # The console shows progress and results; the full log (every partition match included)
     # goes to WORKDIR/log.txt.
+    distributed.initialize(FLAGS.config)   # before anything touches a device
     os.makedirs(FLAGS.workdir, exist_ok=True)
     absl_logging.get_absl_handler().setLevel(logging.WARNING)
     handler = logging.FileHandler(os.path.join(FLAGS.workdir, "log.txt"))

@@ -20,6 +20,20 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   return traverse_util.unflatten_dict(dict(flat), sep=SEP)
 
 
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def tree_paths(tree: Any) -> dict[str, Any]:
+  """``{"a/b/0/c": leaf}`` for any pytree (dicts, dataclasses such as a TrainState, tuples)."""
+  import jax
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {SEP.join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+
+
 def count_params(tree: Any) -> int:
   """Number of scalar parameters in a pytree."""
   import jax  # local: keeps this module importable without initialising a backend

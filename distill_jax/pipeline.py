@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from distill_jax import data as data_lib
-from distill_jax import models, recombine, train
+from distill_jax import models, recombine, sharding, teacher_cache, train
 from distill_jax.checkpoint import Checkpointer, restore_params
 from distill_jax.loop import MetricsWriter, fit
 from distill_jax.paths import count_params
@@ -28,25 +28,71 @@ def train_model(phase: str, model, params: Any, phase_config, config, dataset: d
   ``teacher`` is ``(teacher_model, teacher_params)`` for distillation, None for labels only.
   """
   steps = phase_config.steps
-  schedule_tx = train.make_optimizer(phase_config.learning_rate, steps)
-  # crc32, not hash(): str hashes change between processes, and resumes must see the same key.
-  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), zlib.crc32(phase.encode()))
-  state = train.create_state(model, params, schedule_tx, rng)
-  teacher_apply, teacher_params = (teacher[0].apply, teacher[1]) if teacher else (None, None)
-  step = train.make_train_step(model.apply, teacher_apply,
-                               temperature=config.distill.temperature,
-                               alpha=config.distill.alpha,
-                               mixup_alpha=phase_config.get("mixup", 0.0))
-  mesh_step = train.jit_train_step(step, mesh, train.replicate(state, mesh))
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed),
+                           # crc32, not hash(): str hashes change between processes
+                           zlib.crc32(phase.encode()))
+  state = train.create_state(model, params, train.make_optimizer(phase_config.learning_rate,
+                                                                 steps), rng)
+  state_shardings = sharding.tree_shardings(state, config.sharding.student, mesh)
+  teacher_apply = teacher_params = teacher_shardings = cache = None
+  distill = config.distill
+  if teacher:
+    teacher_params = teacher[1]
+    if distill.teacher_dtype != "float32":
+      teacher_params = jax.tree.map(lambda a: a.astype(distill.teacher_dtype), teacher_params)
+    teacher_shardings = sharding.tree_shardings(teacher_params, config.sharding.teacher, mesh)
+    teacher_params = sharding.place(teacher_params, teacher_shardings)
+    if distill.cache:
+      cache = teacher_outputs(teacher[0], teacher_params, dataset, mesh, config, workdir)
+    else:
+      teacher_apply = teacher[0].apply
+  step = train.make_train_step(model.apply, teacher_apply, temperature=distill.temperature,
+                               alpha=distill.alpha, mixup_alpha=phase_config.get("mixup", 0.0),
+                               micro_batches=config.micro_batches,
+                               teacher_dtype=None if distill.teacher_dtype == "float32"
+                               else distill.teacher_dtype)
+  jitted = train.jit_train_step(step, mesh, state_shardings, teacher_shardings)
+  per_epoch = data_lib.steps_per_epoch(len(dataset.x_train), config.batch_size)
+
+  def batch_fn(i: int) -> dict:
+    idx = data_lib.local_indices(len(dataset.x_train), config.batch_size, config.seed, i,
+                                 jax.process_index(), jax.process_count())
+    batch = {"x": dataset.x_train[idx], "y": dataset.y_train[idx]}
+    if cache:
+      batch.update({k: v[idx] for k, v in cache.items()})
+    return batch
+
+  def data_meta(i: int) -> dict:
+    epoch, index = divmod(i, per_epoch)
+    return {"phase": phase, "data": {"seed": config.seed, "batch_size": config.batch_size,
+                                     "epoch": epoch, "index_in_epoch": index}}
+
   checkpointer = Checkpointer(os.path.join(workdir, phase, "checkpoints"))
   lr = lambda s: phase_config.learning_rate * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))
-  state = fit(phase=phase, state=state, step_fn=mesh_step, dataset=dataset,
-              batch_size=config.batch_size, seed=config.seed, num_steps=steps, mesh=mesh,
-              checkpointer=checkpointer, teacher_params=teacher_params, writer=writer,
+  state = fit(phase=phase, state=state, step_fn=jitted, batch_fn=batch_fn, num_steps=steps,
+              mesh=mesh, state_shardings=state_shardings, checkpointer=checkpointer,
+              batch_size=config.batch_size, teacher_params=teacher_params, writer=writer,
               log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-              learning_rate_fn=lr)
+              learning_rate_fn=lr, data_meta=data_meta)
   checkpointer.close()
   return state.params
+
+
+def teacher_outputs(teacher, teacher_params: Any, dataset: data_lib.Dataset, mesh, config,
+                    workdir: str) -> dict:
+  """The teacher-output cache for ``dataset``'s training inputs (see ``teacher_cache.py``)."""
+  if config.student.get("mixup", 0.0):
+    raise ValueError("distill.cache needs a recipe without augmentation, but student.mixup="
+                     f"{config.student.mixup}: mixed-up inputs need the online teacher "
+                     "(set --config.distill.cache='' or --config.student.mixup=0)")
+  preprocessing = {"data": config.data.to_dict(), "teacher_dtype": config.distill.teacher_dtype}
+  key = teacher_cache.cache_key(teacher_params, dataset, preprocessing, config.distill.cache,
+                                config.distill.cache_topk)
+  predict = lambda x: train.predict(teacher.apply, teacher_params, x, mesh,
+                                    config.eval_batch_size)
+  return teacher_cache.load_or_build(
+      workdir, key, lambda: teacher_cache.compute(predict, dataset.x_train, config.distill.cache,
+                                                  config.distill.cache_topk))
 
 
 def evaluate(model, params: Any, dataset: data_lib.Dataset, mesh, config) -> np.ndarray:
@@ -70,7 +116,8 @@ def init_student(student, teacher, teacher_params: Any, dataset: data_lib.Datase
   options = dict(init.get(init.strategy, {}))
   params, report = recombine.recombine(teacher_params, fresh, strategy=init.strategy,
                                        rules=init.rules, context=context, **options)
-  write_accounting(report, workdir)
+  if jax.process_index() == 0:
+    write_accounting(report, workdir)
   return params, report
 
 
@@ -88,7 +135,7 @@ def run(config, workdir: str) -> dict:
   """The whole job; returns (and writes) the summary."""
   os.makedirs(workdir, exist_ok=True)
   dataset = data_lib.load(config.data)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh(config.mesh.to_dict())
   writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 
   teacher, teacher_params = get_teacher(config, dataset, mesh, workdir, writer)
@@ -120,8 +167,9 @@ def run(config, workdir: str) -> dict:
                         "accuracy_at_init": train.accuracy(init_logits, dataset.y_test),
                         "init": init_report}
   summary["compression"] = summary["teacher"]["params"] / n_student
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   print(format_summary(summary))
   return summary
 

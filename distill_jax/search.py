@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from distill_jax import data as data_lib
-from distill_jax import models, pipeline, train
+from distill_jax import models, pipeline, sharding, train
 from distill_jax.loop import MetricsWriter
 
 
@@ -68,7 +68,7 @@ def search(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   full = data_lib.load(config.data)
   val = data_lib.split_train_val(full, config.search.val_fraction, config.data.split_seed)
-  mesh = train.make_mesh()
+  mesh = sharding.make_mesh(config.mesh.to_dict())
   teacher, teacher_params = pipeline.get_teacher(
       config, val, mesh, workdir, MetricsWriter(os.path.join(workdir, "metrics.jsonl")))
   teacher_val = train.accuracy(pipeline.evaluate(teacher, teacher_params, val, mesh, config),

@@ -1,9 +1,10 @@
-"""The functional core: train state, the pure KD train step, prediction, and data parallelism.
+"""The functional core: train state, the pure KD train step, and prediction.
 
-Data parallelism uses ``jax.jit`` with ``NamedSharding`` over a 1-D mesh whose axis is
-``data``: the batch is split along its first dimension, parameters and optimizer state are
-replicated, and XLA inserts the gradient all-reduce. The loss is a mean over the *global*
-batch, so a step on 8 devices computes the same numbers as on 1 (up to summation order).
+``train_step(state, batch, teacher_params) -> (state, metrics)`` is pure and jitted by
+:func:`jit_train_step` with explicit shardings (see ``sharding.py``): by default the batch is
+split over the ``data`` mesh axis and parameters and optimizer state are replicated, and XLA
+inserts the gradient all-reduce. The loss is a mean over the *global* batch, so a step on 8
+devices computes the same numbers as on 1 (up to summation order).
 """
 from typing import Any, Callable, Optional
 
@@ -12,11 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from distill_jax import losses
-
-DATA_AXIS = "data"
+from distill_jax import losses, sharding
 
 
 class TrainState(train_state.TrainState):
@@ -47,27 +46,48 @@ def mixup(x: jnp.ndarray, rng: jax.Array, alpha: float) -> tuple[jnp.ndarray, jn
   return lam * x + (1.0 - lam) * jnp.roll(x, 1, axis=0), lam
 
 
+def dense_from_topk(values: jnp.ndarray, indices: jnp.ndarray, num_classes: int) -> jnp.ndarray:
+  """Logits that are ``values`` at ``indices`` and -1e9 elsewhere: softmax puts all the mass on
+  the cached top-k classes (the teacher's distribution renormalised over its top k)."""
+  rows = jnp.arange(values.shape[0])[:, None]
+  return jnp.full((values.shape[0], num_classes), -1e9, jnp.float32).at[rows, indices].set(
+      values.astype(jnp.float32))
+
+
 def make_train_step(student_apply: Callable, teacher_apply: Optional[Callable] = None, *,
-                    temperature: float = 1.0, alpha: float = 0.0,
-                    mixup_alpha: float = 0.0) -> Callable:
+                    temperature: float = 1.0, alpha: float = 0.0, mixup_alpha: float = 0.0,
+                    micro_batches: int = 1, teacher_dtype: Optional[str] = None) -> Callable:
   """Return the pure ``train_step(state, batch, teacher_params) -> (state, metrics)``.
 
   Without a teacher (teacher training, from-scratch baseline) the loss is plain cross-entropy;
-  with one it is :func:`losses.hinton_kd`. The teacher runs in inference mode and under
-  ``stop_gradient``: only the student is differentiated. With ``mixup_alpha > 0`` teacher and
-  student see the same mixed-up inputs ("function matching": the student learns the teacher's
-  function between training points too) and the label term uses the mixed labels.
+  with one it is :func:`losses.hinton_kd`. The teacher runs in inference mode under
+  ``stop_gradient``: only the student is differentiated. If the batch carries cached teacher
+  outputs (``teacher_logits``, or ``teacher_topk_values``/``teacher_topk_indices``) they are
+  used instead of a teacher forward pass.
+
+  ``mixup_alpha > 0``: teacher and student see the same mixed-up inputs ("function matching")
+  and the label term uses the mixed labels. ``micro_batches = k``: the batch is split into k
+  equal micro-batches whose gradients are averaged before one update (same result as the full
+  batch, 1/k of the activation memory). ``teacher_dtype="bfloat16"``: the teacher's inputs are
+  cast (pass bf16 teacher params too); its logits come back as float32, and the student's
+  master weights stay float32.
   """
 
-  def train_step(state: TrainState, batch: dict, teacher_params: Any = None):
-    step_rng = jax.random.fold_in(state.rng, state.step)
-    dropout_rng, mixup_rng = jax.random.split(step_rng)
+  def teacher_logits_for(x, batch, teacher_params, num_classes):
+    if "teacher_logits" in batch:
+      return batch["teacher_logits"].astype(jnp.float32)
+    if "teacher_topk_values" in batch:
+      return dense_from_topk(batch["teacher_topk_values"], batch["teacher_topk_indices"],
+                             num_classes)
+    xt = x.astype(teacher_dtype) if teacher_dtype else x
+    return teacher_apply({"params": teacher_params}, xt).astype(jnp.float32)
+
+  def micro_step(params, batch, teacher_params, rng):
+    dropout_rng, mixup_rng = jax.random.split(rng)
     x, labels = batch["x"], batch["y"]
     lam = 1.0
     if mixup_alpha > 0:
       x, lam = mixup(x, mixup_rng, mixup_alpha)
-    if teacher_apply is not None:
-      teacher_logits = jax.lax.stop_gradient(teacher_apply({"params": teacher_params}, x))
 
     def label_loss(logits):
       ce = losses.cross_entropy(logits, labels)
@@ -75,72 +95,66 @@ def make_train_step(student_apply: Callable, teacher_apply: Optional[Callable] =
         ce = lam * ce + (1.0 - lam) * losses.cross_entropy(logits, jnp.roll(labels, 1))
       return ce
 
-    def loss_fn(params):
-      logits = student_apply({"params": params}, x, train=True, rngs={"dropout": dropout_rng})
-      if teacher_apply is None:
+    def loss_fn(p):
+      logits = student_apply({"params": p}, x, train=True, rngs={"dropout": dropout_rng})
+      if teacher_apply is None and not any(k.startswith("teacher_") for k in batch):
         return label_loss(logits), logits
+      teacher_logits = jax.lax.stop_gradient(
+          teacher_logits_for(x, batch, teacher_params, logits.shape[-1]))
       return losses.hinton_kd(logits, teacher_logits, labels, temperature, alpha,
                               hard=label_loss(logits)), logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = {"loss": loss,
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-               "grad_norm": optax.global_norm(grads)}
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+
+  def train_step(state: TrainState, batch: dict, teacher_params: Any = None):
+    rng = jax.random.fold_in(state.rng, state.step)
+    if micro_batches == 1:
+      grads, loss, acc = micro_step(state.params, batch, teacher_params, rng)
+    else:
+      split = jax.tree.map(
+          lambda v: v.reshape((micro_batches, v.shape[0] // micro_batches) + v.shape[1:]), batch)
+
+      def body(carry, inputs):
+        i, micro = inputs
+        g, l, a = micro_step(state.params, micro, teacher_params, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (g, l, a)), None
+
+      zeros = (jax.tree.map(jnp.zeros_like, state.params), 0.0, 0.0)
+      total, _ = jax.lax.scan(body, zeros, (jnp.arange(micro_batches), split))
+      grads, loss, acc = jax.tree.map(lambda t: t / micro_batches, total)
+    metrics = {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads)}
     return state.apply_gradients(grads=grads), metrics
 
   return train_step
 
 
-def make_mesh(devices: Optional[list] = None) -> Mesh:
-  """A 1-D ``data`` mesh over ``devices`` (default: all devices of all processes)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def replicate(tree: Any, mesh: Mesh, copy: bool = False) -> Any:
-  """Put ``tree`` on every device of ``mesh``. ``copy=True`` never aliases the input buffers,
-  which a donated train state needs when its arrays are shared (e.g. copied from a teacher)."""
-  return jax.device_put(tree, replicated(mesh), may_alias=False if copy else None)
-
-
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Place this process's numpy batch on the mesh, split along the ``data`` axis."""
-  size = mesh.shape[DATA_AXIS]
-  for key, value in batch.items():
-    if value.shape[0] % size:
-      raise ValueError(f"batch[{key!r}] has {value.shape[0]} examples, not divisible by the "
-                       f"{size} devices of the '{DATA_AXIS}' mesh axis; choose a batch_size "
-                       f"that is a multiple of {size}")
-  sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-def jit_train_step(train_step: Callable, mesh: Mesh, state: TrainState) -> Callable:
-  """Compile ``train_step`` for ``mesh``: state replicated and donated, batch sharded."""
-  repl = replicated(mesh)
-  state_sharding = jax.tree.map(lambda _: repl, state)
-  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding(mesh), repl),
-                 out_shardings=(state_sharding, repl), donate_argnums=(0,))
+def jit_train_step(train_step: Callable, mesh: Mesh, state_shardings: Any,
+                   teacher_shardings: Any = None) -> Callable:
+  """Compile ``train_step`` for ``mesh``: the state placed by ``state_shardings`` and donated,
+  the batch split over the batch axes, the teacher by ``teacher_shardings`` (or replicated)."""
+  repl = sharding.replicated(mesh)
+  return jax.jit(train_step,
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh),
+                               teacher_shardings if teacher_shardings is not None else repl),
+                 out_shardings=(state_shardings, repl), donate_argnums=(0,))
 
 
 def predict(apply_fn: Callable, params: Any, x: np.ndarray, mesh: Mesh,
             batch_size: int = 512) -> np.ndarray:
-  """Logits for every row of ``x`` as a numpy array, computed in sharded, padded batches."""
+  """Logits for every row of ``x`` as a numpy array, computed in sharded, padded batches.
+
+  Every process passes the same ``x`` and gets all the logits back.
+  """
   from distill_jax.data import eval_batches  # local: data imports nothing from here
+  repl = sharding.replicated(mesh)
   forward = jax.jit(lambda p, xb: apply_fn({"params": p}, xb),
-                    in_shardings=(replicated(mesh), batch_sharding(mesh)))
-  params = replicate(params, mesh)
+                    in_shardings=(None, sharding.batch_sharding(mesh)), out_shardings=repl)
+  ways = sharding.batch_size_per_step(mesh)
   outputs = []
-  for batch in eval_batches(x, np.zeros(len(x), np.int32), batch_size, mesh.shape[DATA_AXIS]):
-    logits = forward(params, shard_batch({"x": batch["x"]}, mesh)["x"])
+  for batch in eval_batches(x, np.zeros(len(x), np.int32), batch_size, ways):
+    local = sharding.process_batch({"x": batch["x"]})
+    logits = forward(params, sharding.shard_batch(local, mesh)["x"])
     outputs.append(np.asarray(jax.device_get(logits))[batch["mask"] > 0])
   return np.concatenate(outputs)
 

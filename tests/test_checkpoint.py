@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from distill_jax import data as data_lib
-from distill_jax import train
+from distill_jax import sharding, train
 from distill_jax.checkpoint import Checkpointer, restore_params
 from distill_jax.data.dataset import Dataset
 from distill_jax.loop import fit
@@ -57,14 +57,15 @@ def _fit(workdir, step_fn, num_steps=24):
                rng.normal(size=(8, 64)).astype(np.float32), np.arange(8, dtype=np.int32), 10)
   model = mlp((16,))
   state = state_for(model, steps=num_steps)
-  mesh = train.make_mesh()
-  jitted = train.jit_train_step(train.make_train_step(model.apply), mesh,
-                                train.replicate(state, mesh))
+  mesh = sharding.make_mesh()
+  shardings = sharding.tree_shardings(state, sharding.REPLICATED, mesh)
+  jitted = train.jit_train_step(train.make_train_step(model.apply), mesh, shardings)
   ckpt = Checkpointer(str(workdir))
   try:
-    return fit(phase="t", state=state, step_fn=lambda *a: step_fn(jitted, *a), dataset=ds,
-               batch_size=16, seed=7, num_steps=num_steps, mesh=mesh, checkpointer=ckpt,
-               log_every=2, checkpoint_every=5)
+    return fit(phase="t", state=state, step_fn=lambda *a: step_fn(jitted, *a),
+               batch_fn=lambda step: data_lib.train_batch(ds, 16, 7, step),
+               batch_size=16, num_steps=num_steps, mesh=mesh, state_shardings=shardings,
+               checkpointer=ckpt, log_every=2, checkpoint_every=5)
   finally:
     ckpt.close()
 

@@ -1,11 +1,9 @@
 """The pure train step: it learns, and data parallelism does not change its numbers."""
-import textwrap
-
 import jax
 import numpy as np
 import pytest
 
-from distill_jax import train
+from distill_jax import sharding, train
 from tests.helpers import fixed_batch, mlp, run_python, state_for
 
 
@@ -46,39 +44,107 @@ def test_mixup_with_lambda_one_is_identity():
   assert 0.0 <= float(lam) <= 1.0
 
 
-def test_one_and_eight_devices_give_the_same_steps():
-  code = textwrap.dedent("""
-      import jax, numpy as np
-      from distill_jax import train
-      from tests.helpers import fixed_batch, mlp, state_for
-      assert jax.device_count() == 8, jax.devices()
-      teacher, student = mlp((32, 32)), mlp((16,))
-      tparams = state_for(teacher, seed=3).params
-      step = train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5)
-      results = []
-      for devices in (jax.devices()[:1], jax.devices()):
-        mesh = train.make_mesh(devices)
-        state = train.replicate(state_for(student), mesh, copy=True)
-        jstep = train.jit_train_step(step, mesh, state)
-        losses = []
-        for i in range(4):
-          batch = train.shard_batch(fixed_batch(seed=i), mesh)
-          state, metrics = jstep(state, batch, train.replicate(tparams, mesh))
-          losses.append(float(metrics["loss"]))   # waits every step: see PITFALLS
-        shards = len(batch["x"].addressable_shards)
-        results.append((losses, jax.tree.map(np.asarray, state.params), shards))
-      (l1, p1, s1), (l8, p8, s8) = results
-      assert (s1, s8) == (1, 8), (s1, s8)
-      np.testing.assert_allclose(l1, l8, rtol=1e-5)
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p8)
-      print("OK", l1)
-  """)
-  out = run_python(code, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+MULTI_DEVICE_CHECK = """
+import jax, numpy as np
+from distill_jax import sharding, train
+from tests.helpers import fixed_batch, mlp, state_for
+assert jax.device_count() == 8, jax.devices()
+teacher, student = mlp((32, 32)), mlp((16,))
+tparams = state_for(teacher, seed=3).params
+step = train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5)
+FSDP = ((r".*Dense_0/kernel", (None, "fsdp")), (r".*kernel", ("fsdp", None)), (".*", ()))
+setups = [({"data": 1}, jax.devices()[:1], sharding.REPLICATED),
+          ({"data": -1}, None, sharding.REPLICATED),
+          ({"data": 2, "fsdp": 4}, None, FSDP)]
+results = []
+for axes, devices, rules in setups:
+  mesh = sharding.make_mesh(axes, devices)
+  state = state_for(student)
+  state_sh = sharding.tree_shardings(state, rules, mesh)
+  teacher_sh = sharding.tree_shardings(tparams, rules, mesh)
+  state = sharding.place(state, state_sh, copy=True)
+  tp = sharding.place(tparams, teacher_sh)
+  jstep = train.jit_train_step(step, mesh, state_sh, teacher_sh)
+  losses = []
+  for i in range(4):
+    batch = sharding.shard_batch(fixed_batch(seed=i), mesh)
+    state, metrics = jstep(state, batch, tp)
+    losses.append(float(metrics["loss"]))   # waits every step: see PITFALLS
+  kernel = state.params["Dense_0"]["kernel"]
+  mu = state.opt_state[0].mu["Dense_0"]["kernel"]
+  results.append((losses, jax.tree.map(np.asarray, state.params),
+                  len(batch["x"].addressable_shards), kernel.sharding.spec, mu.sharding.spec))
+(l1, p1, s1, _, _), (l8, p8, s8, _, _), (lf, pf, sf, kspec, muspec) = results
+assert (s1, s8, sf) == (1, 8, 8), (s1, s8, sf)
+assert tuple(kspec) == (None, "fsdp") and tuple(muspec) == (None, "fsdp"), (kspec, muspec)
+for losses, params in ((l8, p8), (lf, pf)):
+  np.testing.assert_allclose(l1, losses, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, params)
+print("OK", l1)
+"""
+
+
+def test_one_device_eight_devices_and_fsdp_sharding_give_the_same_steps():
+  """1 device, 8-way data parallel, and a 2 (data) x 4 (fsdp) mesh with the first kernels and
+  their Adam moments split over fsdp: same losses and parameters."""
+  out = run_python(MULTI_DEVICE_CHECK, {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert out.returncode == 0, out.stderr[-3000:]
   assert "OK" in out.stdout
 
 
+def test_gradient_accumulation_equals_the_full_batch_step():
+  teacher, student = mlp((32,)), mlp((16,))
+  tparams = state_for(teacher, seed=5).params
+  batch = fixed_batch(n=32)
+  results = []
+  for k in (1, 4):
+    step = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0,
+                                         alpha=0.5, micro_batches=k))
+    state, metrics = step(state_for(student), batch, tparams)
+    results.append((float(metrics["loss"]), state.params))
+  assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               results[0][1], results[1][1])
+
+
+def test_cached_full_logits_give_the_same_step_as_the_online_teacher():
+  teacher, student = mlp((32,)), mlp((16,))
+  tparams = state_for(teacher, seed=5).params
+  batch = fixed_batch()
+  online = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5))
+  cached = jax.jit(train.make_train_step(student.apply, None, temperature=2.0, alpha=0.5))
+  logits = teacher.apply({"params": tparams}, batch["x"])
+  _, m_online = online(state_for(student), batch, tparams)
+  _, m_cached = cached(state_for(student), dict(batch, teacher_logits=logits))
+  assert float(m_online["loss"]) == pytest.approx(float(m_cached["loss"]), rel=1e-6)
+
+
+def test_topk_cache_renormalises_the_teacher_over_its_top_classes():
+  values = np.array([[3.0, 1.0]], np.float32)
+  dense = train.dense_from_topk(values, np.array([[4, 0]]), num_classes=5)
+  p = np.asarray(jax.nn.softmax(dense))
+  np.testing.assert_allclose(p[0], [np.exp(1) / (np.exp(3) + np.exp(1)), 0, 0, 0,
+                                    np.exp(3) / (np.exp(3) + np.exp(1))], rtol=1e-6)
+
+
+def test_bfloat16_teacher_keeps_float32_student_and_close_loss():
+  teacher, student = mlp((32,)), mlp((16,))
+  tparams = state_for(teacher, seed=5).params
+  bf16 = jax.tree.map(lambda a: a.astype("bfloat16"), tparams)
+  batch = fixed_batch()
+  f32_step = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5))
+  bf_step = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0,
+                                          alpha=0.5, teacher_dtype="bfloat16"))
+  s32, m32 = f32_step(state_for(student), batch, tparams)
+  sbf, mbf = bf_step(state_for(student), batch, bf16)
+  assert sbf.params["Dense_0"]["kernel"].dtype == np.float32
+  assert float(mbf["loss"]) == pytest.approx(float(m32["loss"]), rel=2e-2)
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error():
-  three_device_mesh = type("Mesh", (), {"shape": {"data": 3}})()  # the check reads only .shape
-  with pytest.raises(ValueError, match=r"batch\['x'\] has 5 examples, not divisible by the 3"):
-    train.shard_batch({"x": np.zeros((5, 2))}, three_device_mesh)
+  mesh = sharding.make_mesh()
+  with pytest.raises(ValueError, match=r"batch\['x'\] has 5 examples on this process, not "
+                                       r"divisible by its 2 devices"):
+    sharding.shard_batch({"x": np.zeros((5, 2))}, type("M", (), {
+        "shape": {"data": 2}, "axis_names": ("data",)})())
+  del mesh

@@ -31,8 +31,20 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
   return _epoch_order(num_examples, seed, epoch)[start:start + batch_size]
 
 
-def train_batch(ds: Dataset, batch_size: int, seed: int, step: int) -> dict[str, np.ndarray]:
-  idx = batch_indices(len(ds.x_train), batch_size, seed, step)
+def local_indices(num_examples: int, batch_size: int, seed: int, step: int,
+                  process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """This process's contiguous share of the global batch's indices (multi-host: each host
+  reads only its own examples; the global batch is the concatenation in process order)."""
+  idx = batch_indices(num_examples, batch_size, seed, step)
+  if batch_size % process_count:
+    raise ValueError(f"batch_size {batch_size} does not split over {process_count} processes")
+  share = batch_size // process_count
+  return idx[process_index * share:(process_index + 1) * share]
+
+
+def train_batch(ds: Dataset, batch_size: int, seed: int, step: int, process_index: int = 0,
+                process_count: int = 1) -> dict[str, np.ndarray]:
+  idx = local_indices(len(ds.x_train), batch_size, seed, step, process_index, process_count)
   return {"x": ds.x_train[idx], "y": ds.y_train[idx]}
 
 

@@ -46,13 +46,14 @@ class Partition:
                      f"({c.rule})" for c in self.claims)
 
 
-def partition(params: Any, rules: Sequence) -> Partition:
-  """Split ``params`` into groups: each parameter goes to the first rule that claims it."""
-  flat = flatten(params)
+def claim_paths(flat: dict[str, Any], rules: Sequence, what: str = "partition rule") -> dict:
+  """``{path: (claim, rule description)}``: each path claimed by the first rule that claims it.
+
+  Shared by partitioning and by sharding rules; a path no rule claims is an error listing it.
+  """
   paths = list(flat)
-  rules = [make_rule(r) for r in rules]
   unclaimed, claims = set(paths), {}
-  for i, rule in enumerate(rules):
+  for i, rule in enumerate(make_rule(r) for r in rules):
     name = getattr(rule, "description", getattr(rule, "__name__", f"rule {i}"))
     for path, claim in rule(paths, flat).items():
       if path in unclaimed:            # first match wins
@@ -60,8 +61,16 @@ def partition(params: Any, rules: Sequence) -> Partition:
         claims[path] = (claim, f"rule {i}: {name}")
   if unclaimed:
     missing = [p for p in paths if p in unclaimed]
-    raise ValueError(f"{len(missing)} parameter(s) claimed by no partition rule: {missing}. "
-                     "Add a rule for them, or a catch-all such as ('regex', '.*', 'rest').")
+    raise ValueError(f"{len(missing)} parameter(s) claimed by no {what}: {missing}. Add a rule "
+                     "for them, or a catch-all such as ('regex', '.*', 'rest') / ('.*', ()).")
+  return claims
+
+
+def partition(params: Any, rules: Sequence) -> Partition:
+  """Split ``params`` into groups: each parameter goes to the first rule that claims it."""
+  flat = flatten(params)
+  paths = list(flat)
+  claims = claim_paths(flat, rules)
   groups: dict[str, dict[str, Any]] = {}
   out: list[Claim] = []
   for path in paths:

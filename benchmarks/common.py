@@ -1,0 +1,69 @@
+"""Shared pieces of the benchmarks: the benchmark pair, FLOP counts, timing, the matmul ceiling."""
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from distill_jax import models, train
+
+TEACHER = (1200, 1200)     # 784-1200-1200-10
+STUDENT = (800, 800)       # 784-800-800-10
+INPUT, CLASSES, BATCH = 784, 10, 256
+
+
+def mlp(hidden):
+  return models.build(ml_collections.ConfigDict({"name": "mlp", "hidden": hidden}), CLASSES)
+
+
+def dense_flops(hidden, batch=BATCH) -> float:
+  """Multiply-adds x 2 of one forward pass of an MLP 784-hidden-10."""
+  dims = (INPUT,) + tuple(hidden) + (CLASSES,)
+  return 2.0 * batch * sum(a * b for a, b in zip(dims, dims[1:]))
+
+
+def kd_step_flops(batch=BATCH, teacher_forward=True) -> float:
+  """Teacher forward + student forward and backward (backward = 2x forward)."""
+  return (dense_flops(TEACHER, batch) if teacher_forward else 0.0) + 3 * dense_flops(STUDENT, batch)
+
+
+def steps_per_second(step: Callable[[], object], seconds: float = 3.0, warmup: int = 5) -> float:
+  """Run ``step`` (which must block on its result) repeatedly; best rate over 3 windows."""
+  for _ in range(warmup):
+    step()
+  best = 0.0
+  for _ in range(3):
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds / 3:
+      step()
+      n += 1
+    best = max(best, n / (time.perf_counter() - start))
+  return best
+
+
+def matmul_flops_per_second(n: int = 2048) -> float:
+  """This machine's practical dense float32 matmul ceiling, measured with XLA."""
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  rate = steps_per_second(lambda: f(a).block_until_ready(), seconds=3.0)
+  return rate * 2.0 * n ** 3
+
+
+def synthetic_batch(seed=0, batch=BATCH):
+  rng = np.random.default_rng(seed)
+  return {"x": rng.normal(size=(batch, INPUT)).astype(np.float32),
+          "y": rng.integers(0, CLASSES, batch).astype(np.int32)}
+
+
+def jax_kd_step(teacher_forward=True):
+  """The jitted distill_jax KD step on one device, its state and teacher params."""
+  teacher, student = mlp(TEACHER), mlp(STUDENT)
+  tparams = train.init_params(teacher, (INPUT,), jax.random.PRNGKey(0))
+  sparams = train.init_params(student, (INPUT,), jax.random.PRNGKey(1))
+  state = train.create_state(student, sparams, train.make_optimizer(1e-3, 10_000),
+                             jax.random.PRNGKey(2))
+  step = train.make_train_step(student.apply, teacher.apply if teacher_forward else None,
+                               temperature=4.0, alpha=0.9)
+  return jax.jit(step, donate_argnums=(0,)), state, tparams, teacher
