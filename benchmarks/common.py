@@ -43,11 +43,11 @@ def steps_per_second(step: Callable[[], object], seconds: float = 3.0, warmup: i
   return best
 
 
-def matmul_flops_per_second(n: int = 2048) -> float:
+def matmul_flops_per_second(n: int = 2048, seconds: float = 3.0) -> float:
   """This machine's practical dense float32 matmul ceiling, measured with XLA."""
   a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), jnp.float32)
   f = jax.jit(lambda x: x @ x)
-  rate = steps_per_second(lambda: f(a).block_until_ready(), seconds=3.0)
+  rate = steps_per_second(lambda: f(a).block_until_ready(), seconds=seconds, warmup=2)
   return rate * 2.0 * n ** 3
 
 

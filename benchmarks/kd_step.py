@@ -4,14 +4,17 @@ r"""KD step throughput: distill_jax (XLA) vs the same step in PyTorch eager, on 
 
 Teacher 784-1200-1200-10, student 784-800-800-10, batch 256, float32, Adam, T=4, alpha=0.9,
 all measured in one process on the same threads. Also: the step's achieved FLOP/s against
-this machine's measured dense matmul FLOP/s (the practical ceiling), and one epoch of the
+this machine's measured dense matmul FLOP/s (the practical ceiling), and epochs of the
 full training loop (input pipeline from host memory, step, metric logging every 10 steps,
-asynchronous Orbax checkpoints every 100 steps) against the step alone.
+asynchronous Orbax checkpoints every 200 steps and at the end) against the bare step run
+for as long right after each epoch (this VM's speed drifts by +-15% over seconds, so every
+ratio compares neighbours in time).
 """
 import os
 import sys
 import tempfile
 import time
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,7 +28,8 @@ from distill_jax.data.dataset import Dataset  # noqa: E402
 from distill_jax.loop import MetricsWriter, fit  # noqa: E402
 
 
-def jax_step_rate() -> float:
+def jax_step() -> Callable[[], None]:
+  """One blocking distill_jax KD step (compiled on first call)."""
   step, state, tparams, _ = common.jax_kd_step()
   batch = jax.device_put(common.synthetic_batch())
   holder = {"state": state}
@@ -33,11 +37,14 @@ def jax_step_rate() -> float:
   def run():
     holder["state"], metrics = step(holder["state"], batch, tparams)
     metrics["loss"].block_until_ready()
-  return common.steps_per_second(run)
+  return run
 
 
-def jax_epoch_rate(num_examples: int = 60_000) -> tuple[float, int]:
-  """Steps/s of one epoch through ``loop.fit`` on MNIST-sized synthetic data."""
+def epoch_vs_step(run_step: Callable[[], None], num_examples: int = 60_000,
+                  rounds: int = 3) -> tuple[list[float], list[float], int]:
+  """Alternate one epoch through ``loop.fit`` (MNIST-sized synthetic data from host memory,
+  logging every 10 steps, async checkpoints every 200 steps and at the end, which the epoch
+  waits for) with an equally long window of the bare step; returns both rates per round."""
   rng = np.random.default_rng(0)
   ds = Dataset("synthetic", rng.normal(size=(num_examples, common.INPUT)).astype(np.float32),
                rng.integers(0, 10, num_examples).astype(np.int32),
@@ -50,27 +57,27 @@ def jax_epoch_rate(num_examples: int = 60_000) -> tuple[float, int]:
   step = train.make_train_step(student.apply, teacher.apply, temperature=4.0, alpha=0.9)
   shardings = sharding.tree_shardings(state, sharding.REPLICATED, mesh)
   jitted = train.jit_train_step(step, mesh, shardings)
+  batch_fn = lambda i: data_lib.train_batch(ds, common.BATCH, 0, i)
+  loop_rates, step_rates = [], []
   with tempfile.TemporaryDirectory() as workdir:
-    # compile outside the timed epoch
-    warm = Checkpointer(os.path.join(workdir, "warm"))
-    fit(phase="warmup", state=state, step_fn=jitted, batch_size=common.BATCH, num_steps=3,
-        batch_fn=lambda i: data_lib.train_batch(ds, common.BATCH, 0, i), mesh=mesh,
-        state_shardings=shardings, checkpointer=warm, teacher_params=tparams, log_every=10,
-        checkpoint_every=1000)
-    warm.close()
-    ckpt = Checkpointer(os.path.join(workdir, "epoch"))
-    start = time.perf_counter()
-    fit(phase="epoch", state=state, step_fn=jitted, batch_size=common.BATCH, num_steps=steps,
-        batch_fn=lambda i: data_lib.train_batch(ds, common.BATCH, 0, i), mesh=mesh,
-        state_shardings=shardings, checkpointer=ckpt, teacher_params=tparams,
-        writer=MetricsWriter(os.path.join(workdir, "metrics.jsonl")), log_every=10,
-        checkpoint_every=100)
-    elapsed = time.perf_counter() - start
-    ckpt.close()
-  return steps / elapsed, steps
+    for r in range(rounds + 1):              # round 0 compiles
+      n = steps if r else 3
+      ckpt = Checkpointer(os.path.join(workdir, f"epoch{r}"))
+      start = time.perf_counter()
+      fit(phase="epoch", state=state, step_fn=jitted, batch_size=common.BATCH, num_steps=n,
+          batch_fn=batch_fn, mesh=mesh, state_shardings=shardings, checkpointer=ckpt,
+          teacher_params=tparams, writer=MetricsWriter(os.path.join(workdir, "metrics.jsonl")),
+          log_every=10, checkpoint_every=200)
+      elapsed = time.perf_counter() - start
+      ckpt.close()
+      if r:
+        loop_rates.append(n / elapsed)
+        step_rates.append(common.steps_per_second(run_step, seconds=elapsed, warmup=1))
+  return loop_rates, step_rates, steps
 
 
-def torch_step_rate(threads: int) -> float:
+def torch_step(threads: int) -> Callable[[], None]:
+  """One PyTorch eager KD step, same pair, batch, loss and Adam, ``threads`` intra-op threads."""
   import torch
   import torch.nn.functional as F
   torch.set_num_threads(threads)
@@ -102,30 +109,44 @@ def torch_step_rate(threads: int) -> float:
     loss.backward()
     opt.step()
     loss.item()
-  return common.steps_per_second(run)
+  return run
 
 
-def main():
+def main(rounds: int = 5):
   threads = os.cpu_count()
   print(f"machine: {threads} CPU threads, {jax.devices()[0].device_kind}, jax {jax.__version__}")
-  ceiling = common.matmul_flops_per_second()
-  jax_rate = jax_step_rate()
-  epoch_rate, epoch_steps = jax_epoch_rate()
+  run_jax = jax_step()
   try:
-    torch_rate = torch_step_rate(threads)
+    run_torch = torch_step(threads)
   except ImportError:
-    torch_rate = float("nan")
-    print("torch is not installed: pip install -r requirements-bench.txt")
+    sys.exit("torch is not installed: pip install -r requirements-bench.txt")
+  # Interleaved rounds: this VM's speed drifts, so each ratio compares neighbours in time.
+  jax_rates, torch_rates, ceilings = [], [], []
+  for _ in range(rounds):
+    ceilings.append(common.matmul_flops_per_second(seconds=1.0))
+    jax_rates.append(common.steps_per_second(run_jax, seconds=2.0))
+    time.sleep(0.5)   # let torch's OpenMP threads (which spin after work) and XLA's settle
+    torch_rates.append(common.steps_per_second(run_torch, seconds=2.0))
+    time.sleep(0.5)
+  loop_rates, step_rates, epoch_steps = epoch_vs_step(run_jax)
+  loop_ratio = float(np.median(np.array(loop_rates) / np.array(step_rates)))
+  jax_rate, torch_rate = float(np.median(jax_rates)), float(np.median(torch_rates))
+  ratio = float(np.median(np.array(jax_rates) / np.array(torch_rates)))
   flops = common.kd_step_flops()
-  print(f"matmul ceiling (2048^2 float32, XLA): {ceiling / 1e9:.1f} GFLOP/s")
+  fraction = float(np.median(np.array(jax_rates) * flops / np.array(ceilings)))
+  print(f"matmul ceiling (2048^2 float32, XLA), {rounds} rounds: "
+        + ", ".join(f"{c / 1e9:.1f}" for c in ceilings) + " GFLOP/s")
   print(f"KD step FLOPs: {flops / 1e9:.3f} GFLOP (teacher forward + student forward/backward)")
-  print(f"distill_jax step: {jax_rate:.1f} steps/s = {jax_rate * flops / 1e9:.1f} GFLOP/s")
-  print(f"pytorch eager step: {torch_rate:.1f} steps/s")
-  print(f"distill_jax epoch ({epoch_steps} steps, input + logging + async checkpoints): "
-        f"{epoch_rate:.1f} steps/s")
-  print(f"speedup vs pytorch eager: {jax_rate / torch_rate:.2f}x")
-  print(f"fraction of matmul ceiling: {jax_rate * flops / ceiling:.2f}")
-  print(f"epoch / step-only throughput: {epoch_rate / jax_rate:.2f}")
+  print(f"distill_jax step, {rounds} rounds: " + ", ".join(f"{r:.1f}" for r in jax_rates)
+        + f" steps/s; median {jax_rate:.1f} = {jax_rate * flops / 1e9:.1f} GFLOP/s")
+  print(f"pytorch eager step, {rounds} rounds: " + ", ".join(f"{r:.1f}" for r in torch_rates)
+        + f" steps/s; median {torch_rate:.1f}")
+  print(f"distill_jax epoch ({epoch_steps} steps through loop.fit), 3 rounds: "
+        + ", ".join(f"{r:.1f}" for r in loop_rates) + " steps/s; bare step right after each: "
+        + ", ".join(f"{r:.1f}" for r in step_rates) + " steps/s")
+  print(f"speedup vs pytorch eager (median of per-round ratios): {ratio:.2f}x")
+  print(f"fraction of matmul ceiling (median of per-round ratios): {fraction:.2f}")
+  print(f"epoch / step-only throughput (median of per-round ratios): {loop_ratio:.2f}")
 
 
 if __name__ == "__main__":

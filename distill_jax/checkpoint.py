@@ -6,10 +6,16 @@ abstract target (shapes, dtypes, shardings), which is what keeps optax's state t
 """
 import logging
 import os
+import shutil
+import sys
+import time
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from distill_jax.paths import flatten
 
 from distill_jax.train import TrainState
 
@@ -40,24 +46,65 @@ class Checkpointer:
         meta=ocp.args.JsonSave(dict(meta, step=step))), force=True)
 
   def restore(self, template: TrainState) -> Optional[tuple[TrainState, dict]]:
-    """Restore the newest checkpoint into ``template``'s structure, or None if there is none."""
-    step = self.latest_step()
-    if step is None:
-      return None
+    """Restore the newest good checkpoint into ``template``'s structure (None if there is none).
+
+    A checkpoint that cannot be read (truncated or missing files, a different tree structure)
+    is reported, moved aside untouched to ``<dir>/damaged/<step>``, and the next older one is
+    tried. A checkpoint of the same structure but other shapes means the config changed: that
+    is an error naming the paths and shapes, and nothing is moved.
+    """
     train = {"opt_state": template.opt_state, "step": template.step, "rng": template.rng}
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(template.params)),
-        train=ocp.args.StandardRestore(_abstract(train)),
-        meta=ocp.args.JsonRestore()))
-    state = template.replace(params=restored.params, **restored.train)
-    logging.info("restored %s step %d", self.directory, step)
-    return state, dict(restored.meta)
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      check_shapes(self.manager, step, template.params, self.directory)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(template.params)),
+            train=ocp.args.StandardRestore(_abstract(train)),
+            meta=ocp.args.JsonRestore()))
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        self._set_aside(step, e)
+        continue
+      state = template.replace(params=restored.params, **restored.train)
+      logging.info("restored %s step %d", self.directory, step)
+      return state, dict(restored.meta)
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    aside = os.path.join(self.directory, "damaged", str(step))
+    if os.path.exists(aside):
+      aside += f".{int(time.time())}"
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    shutil.move(os.path.join(self.directory, str(step)), aside)
+    self.manager.reload()
+    message = (f"checkpoint step {step} in {self.directory} is damaged ({type(error).__name__}: "
+               f"{reason}); moved it aside to {aside} and trying the previous one")
+    logging.warning(message)
+    print(message, file=sys.stderr)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
+
+
+def check_shapes(manager: ocp.CheckpointManager, step: int, template: Any, where: str) -> None:
+  """Raise if checkpoint ``step``'s params have the template's paths but other shapes."""
+  try:
+    meta = manager.item_metadata(step)["params"]
+  except Exception:   # unreadable metadata: the restore will find the damage and report it
+    return
+  saved = {k: tuple(v.shape) for k, v in flatten(getattr(meta, "tree", meta)).items()
+           if hasattr(v, "shape")}
+  wanted = {k: tuple(np.shape(v)) for k, v in flatten(template).items()}
+  if set(saved) != set(wanted):
+    return            # another tree structure: treated as damage by the caller's restore
+  wrong = {k: (saved[k], wanted[k]) for k in wanted if saved[k] != wanted[k]}
+  if wrong:
+    detail = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, (a, b) in sorted(wrong.items()))
+    raise ValueError(f"checkpoint step {step} in {where} does not fit the model: {detail}. "
+                     "Use the config the checkpoint was written with, or another workdir.")
 
 
 def restore_params(directory: str, template: Any) -> Any:
@@ -68,6 +115,7 @@ def restore_params(directory: str, template: Any) -> Any:
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"teacher.checkpoint: no checkpoint found in {directory!r}")
+  check_shapes(manager, step, template, directory)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(_abstract(template))))
   manager.close()

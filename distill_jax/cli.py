@@ -4,17 +4,23 @@
 ml_collections config_flags, config locked). A config override that names no key, or a bad
 value, stops the program with one line naming it (exit status 2), before anything is written.
 """
+import contextlib
+import fcntl
 import logging
 import os
 import re
+import socket
 import sys
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from distill_jax import distributed
+from distill_jax.data.sources import DatasetUnavailableError
+from distill_jax.loop import Preempted
 
 FLAGS = flags.FLAGS
 
@@ -45,8 +51,23 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def run(job: Callable[[object, str], object], workdir_help: str) -> None:
-  """Define ``--config`` and ``--workdir`` and run ``job(config, workdir)`` under absl."""
+class WorkdirBusy(RuntimeError):
+  """Another run holds the workdir's lock."""
+
+
+# Errors that bad input raises: one line, no traceback (the traceback goes to the log).
+INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, DatasetUnavailableError,
+                WorkdirBusy)
+
+
+def run(job: Callable[..., object], workdir_help: str,
+        validate: Optional[Callable[[object], object]] = None) -> None:
+  """Define ``--config`` and ``--workdir`` and run ``job(config, workdir[, checked])``.
+
+  ``validate(config)`` runs first, before anything is written to the workdir; what it returns
+  is passed on to the job. Exit status: 2 for bad input, 3 for a non-finite loss, 143 when
+  SIGTERM stopped the run after saving a checkpoint.
+  """
   config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                   lock_config=True)
   flags.DEFINE_string("workdir", None, workdir_help)
@@ -54,15 +75,56 @@ def run(job: Callable[[object, str], object], workdir_help: str) -> None:
 
   def main(argv):
     del argv
-    # The console shows progress and results; the full log (every partition match included)
-    # goes to WORKDIR/log.txt.
-    distributed.initialize(FLAGS.config)   # before anything touches a device
-    os.makedirs(FLAGS.workdir, exist_ok=True)
     absl_logging.get_absl_handler().setLevel(logging.WARNING)
-    handler = logging.FileHandler(os.path.join(FLAGS.workdir, "log.txt"))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    logging.getLogger().setLevel(logging.INFO)
-    job(FLAGS.config, FLAGS.workdir)
+    try:
+      distributed.initialize(FLAGS.config)   # before anything touches a device
+      checked = validate(FLAGS.config) if validate else None
+      with workdir_lock(FLAGS.workdir):
+        # The console shows progress and results; the full log (every partition match
+        # included) goes to WORKDIR/log.txt.
+        handler = logging.FileHandler(os.path.join(FLAGS.workdir, "log.txt"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        job(FLAGS.config, FLAGS.workdir, *([checked] if validate else []))
+    except Preempted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(143)
+    except FloatingPointError as e:
+      logging.info("stopped", exc_info=True)      # traceback to the log file only
+      print(f"FATAL: {e}", file=sys.stderr)
+      sys.exit(3)
+    except INPUT_ERRORS as e:
+      logging.info("bad input", exc_info=True)
+      message = e.args[0] if isinstance(e, KeyError) and e.args else e
+      print(f"FATAL: {message}", file=sys.stderr)
+      sys.exit(2)
 
   app.run(main, flags_parser=parse_flags)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Hold ``WORKDIR/.lock`` (an OS lock: released even if the process is killed), so a second
+  run on the same workdir refuses instead of writing beside the first. Process 0 only: the
+  hosts of one multi-host run share their workdir."""
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() != 0:
+    yield
+    return
+  with open(os.path.join(workdir, ".lock"), "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      owner = f.read().strip() or "another process"
+      raise WorkdirBusy(f"workdir {workdir} is in use by another run ({owner}); wait for it to "
+                        "finish or use another --workdir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

@@ -7,10 +7,13 @@ collectives can deadlock when dozens of steps are queued), and checkpoints every
 writes). The next batch is prepared on the host while the device runs the current step.
 """
 import json
+import signal
+import threading
 import time
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -31,6 +34,15 @@ class MetricsWriter:
         f.write(json.dumps(record) + "\n")
 
 
+class Preempted(Exception):
+  """SIGTERM arrived: a checkpoint of the current step was written; rerun to resume."""
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
 def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[[int], dict],
         num_steps: int, mesh, state_shardings: Any, checkpointer: Checkpointer,
         batch_size: int, teacher_params: Any = None, writer: Optional[MetricsWriter] = None,
@@ -48,29 +60,57 @@ def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[
   start = int(jax.device_get(state.step))
   bar = tqdm(total=num_steps, initial=start, desc=phase, unit="step", mininterval=1.0,
              dynamic_ncols=True, disable=jax.process_index() != 0)
-  last_time, last_step = time.perf_counter(), start
-  batch = sharding.shard_batch(batch_fn(start), mesh) if start < num_steps else None
-  for step in range(start, num_steps):
-    state, metrics = step_fn(state, batch, teacher_params)
-    done = step + 1
-    if done < num_steps:   # dispatch is asynchronous: build the next batch meanwhile
-      batch = sharding.shard_batch(batch_fn(done), mesh)
-    if done % log_every == 0 or done == num_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(f"{phase}: non-finite loss {metrics['loss']} at step {done}")
-      now = time.perf_counter()
-      rate = (done - last_step) * batch_size / max(now - last_time, 1e-9)
-      last_time, last_step = now, done
-      if learning_rate_fn is not None:
-        metrics["learning_rate"] = float(learning_rate_fn(step))
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}", ex_per_s=f"{rate:.0f}")
-      if writer:
-        writer.write({"phase": phase, "step": done, "split": "train",
-                      "examples_per_sec": rate, **metrics})
-    bar.update(1)
-    if done % checkpoint_every == 0 or done == num_steps:
-      checkpointer.save(state, data_meta(done) if data_meta else {})
-  bar.close()
+  last_time, last_step, last_saved = time.perf_counter(), start, start
+  pending: list = []          # (step, loss on device) not yet checked for finiteness
+
+  def check_finite(state):
+    """Raise at the first non-finite loss since the last check, or on non-finite params."""
+    for (s, _), loss in zip(pending, jax.device_get([l for _, l in pending])):
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"{phase}: loss is {loss} at step {s}; training stopped. No checkpoint after step "
+            f"{last_saved} was written; lower the learning rate or check the data.")
+    pending.clear()
+    if not bool(all_finite(state.params)):
+      raise FloatingPointError(f"{phase}: parameters became non-finite before step "
+                               f"{done}; no checkpoint after step {last_saved} was written.")
+
+  stop = {}
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.signal(signal.SIGTERM, lambda sig, _: stop.update(sig=sig)) if main_thread \
+      else None
+  try:
+    batch = sharding.shard_batch(batch_fn(start), mesh) if start < num_steps else None
+    for step in range(start, num_steps):
+      state, metrics = step_fn(state, batch, teacher_params)
+      done = step + 1
+      pending.append((done, metrics["loss"]))
+      if done < num_steps:   # dispatch is asynchronous: build the next batch meanwhile
+        batch = sharding.shard_batch(batch_fn(done), mesh)
+      if done % log_every == 0 or done == num_steps:
+        check_finite(state)
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        rate = (done - last_step) * batch_size / max(now - last_time, 1e-9)
+        last_time, last_step = now, done
+        if learning_rate_fn is not None:
+          metrics["learning_rate"] = float(learning_rate_fn(step))
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", ex_per_s=f"{rate:.0f}")
+        if writer:
+          writer.write({"phase": phase, "step": done, "split": "train",
+                        "examples_per_sec": rate, **metrics})
+      bar.update(1)
+      if done % checkpoint_every == 0 or done == num_steps or stop:
+        check_finite(state)      # never write non-finite parameters
+        checkpointer.save(state, data_meta(done) if data_meta else {})
+        last_saved = done
+      if stop:
+        checkpointer.wait()
+        raise Preempted(f"{phase}: SIGTERM received; saved a checkpoint at step {done} in "
+                        f"{checkpointer.directory}. Rerun the same command to resume.")
+  finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
+    bar.close()
   checkpointer.wait()
   return state

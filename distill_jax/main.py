@@ -13,16 +13,16 @@ import time
 import jax
 
 from distill_jax import cli
-from distill_jax.pipeline import run
+from distill_jax.pipeline import run, validate
 
 
-def main(config, workdir: str) -> dict:
+def main(config, workdir: str, dataset=None) -> dict:
   start = time.time()
-  summary = run(config, workdir)
+  summary = run(config, workdir, dataset)
   print(f"wall time {time.time() - start:.0f} s on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); summary in {os.path.join(workdir, 'summary.json')}")
   return summary
 
 
 if __name__ == "__main__":
-  cli.run(main, "Directory for checkpoints, metrics and the summary.")
+  cli.run(main, "Directory for checkpoints, metrics and the summary.", validate=validate)

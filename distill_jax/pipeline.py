@@ -131,10 +131,47 @@ def get_teacher(config, dataset, mesh, workdir, writer) -> tuple:
                               mesh, workdir, writer=writer)
 
 
-def run(config, workdir: str) -> dict:
+def validate(config) -> data_lib.Dataset:
+  """Check the config against the data and the models before anything is written or trained.
+
+  Loads the data, checks that both models accept its examples, that a teacher checkpoint
+  exists, that the partition rules claim every parameter and that the recombination plan
+  fits the student (a dry run on freshly initialised parameters). Returns the dataset.
+  """
+  dataset = data_lib.load(config.data)
+  if config.teacher.checkpoint and not os.path.isdir(config.teacher.checkpoint):
+    raise FileNotFoundError(f"teacher.checkpoint: checkpoint directory "
+                            f"{config.teacher.checkpoint!r} does not exist")
+  built = {}
+  for role in ("teacher", "student"):
+    model = models.build(config[role].model, dataset.num_classes)
+    try:
+      params = train.init_params(model, dataset.input_shape, jax.random.PRNGKey(0))
+      logits = jax.eval_shape(lambda p, x: model.apply({"params": p}, x), params,
+                              dataset.x_train[:2])
+    except Exception as e:
+      raise ValueError(f"{role}.model {config[role].model.name!r} does not accept the data's "
+                       f"examples of shape {dataset.input_shape}: {type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if logits.shape != (2, dataset.num_classes):
+      raise ValueError(f"{role}.model outputs shape {logits.shape[1:]}, the data has "
+                       f"{dataset.num_classes} classes")
+    built[role] = (model, params)
+  init = config.student.init
+  (teacher, tparams), (_, sparams) = built["teacher"], built["student"]
+  recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,
+                      context=recombine.Context(teacher.apply, tparams, dataset.x_train[:8]),
+                      **dict(init.get(init.strategy, {})))
+  if config.batch_size % sharding.batch_size_per_step(sharding.make_mesh(config.mesh.to_dict())):
+    raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
+                     f"{jax.device_count()} devices the batch is split over")
+  return dataset
+
+
+def run(config, workdir: str, dataset: Optional[data_lib.Dataset] = None) -> dict:
   """The whole job; returns (and writes) the summary."""
   os.makedirs(workdir, exist_ok=True)
-  dataset = data_lib.load(config.data)
+  dataset = dataset if dataset is not None else data_lib.load(config.data)
   mesh = sharding.make_mesh(config.mesh.to_dict())
   writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
 

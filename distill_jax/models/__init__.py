@@ -12,7 +12,13 @@ def build(model_config, num_classes: int):
   """Instantiate ``model_config.name`` with the config's other keys as constructor arguments."""
   kwargs = {k: (tuple(v) if isinstance(v, (list, tuple)) else v)
             for k, v in model_config.items() if k != "name"}
-  return MODELS.get(model_config.name)(num_classes=num_classes, **kwargs)
+  cls = MODELS.get(model_config.name)
+  fields = [f for f in cls.__dataclass_fields__ if f not in ("parent", "name", "num_classes")]
+  unknown = sorted(set(kwargs) - set(fields))
+  if unknown:
+    raise ValueError(f"model {model_config.name!r} has no field(s) {unknown}; its fields are "
+                     f"{fields}")
+  return cls(num_classes=num_classes, **kwargs)
 
 
 __all__ = ["MLP", "CNN", "MODELS", "build"]
