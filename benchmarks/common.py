@@ -67,3 +67,18 @@ def jax_kd_step(teacher_forward=True):
   step = train.make_train_step(student.apply, teacher.apply if teacher_forward else None,
                                temperature=4.0, alpha=0.9)
   return jax.jit(step, donate_argnums=(0,)), state, tparams, teacher
+
+
+def epoch_setup(num_examples: int = 60_000):
+  """MNIST-sized synthetic training data (num_examples x 784) on a 1-device mesh, the pair's
+  initial student state and teacher: (dataset, steps per epoch, mesh, state, teacher params,
+  teacher module)."""
+  from distill_jax import data as data_lib, sharding
+  from distill_jax.data.dataset import Dataset
+  rng = np.random.default_rng(0)
+  ds = Dataset("synthetic", rng.normal(size=(num_examples, INPUT)).astype(np.float32),
+               rng.integers(0, CLASSES, num_examples).astype(np.int32),
+               np.zeros((1, INPUT), np.float32), np.zeros(1, np.int32), CLASSES)
+  _, state, tparams, teacher = jax_kd_step()
+  return (ds, data_lib.steps_per_epoch(num_examples, BATCH), sharding.make_mesh(), state,
+          tparams, teacher)

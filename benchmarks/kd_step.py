@@ -24,7 +24,6 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from distill_jax import data as data_lib, sharding  # noqa: E402
 from distill_jax.checkpoint import Checkpointer  # noqa: E402
-from distill_jax.data.dataset import Dataset  # noqa: E402
 from distill_jax.loop import MetricsWriter, fit  # noqa: E402
 
 
@@ -45,13 +44,7 @@ def epoch_vs_step(run_step: Callable[[], None], num_examples: int = 60_000,
   """Alternate one epoch through ``loop.fit`` (MNIST-sized synthetic data from host memory,
   logging every 10 steps, async checkpoints every 200 steps and at the end, which the epoch
   waits for) with an equally long window of the bare step; returns both rates per round."""
-  rng = np.random.default_rng(0)
-  ds = Dataset("synthetic", rng.normal(size=(num_examples, common.INPUT)).astype(np.float32),
-               rng.integers(0, 10, num_examples).astype(np.int32),
-               np.zeros((1, common.INPUT), np.float32), np.zeros(1, np.int32), 10)
-  steps = data_lib.steps_per_epoch(num_examples, common.BATCH)
-  mesh = sharding.make_mesh()
-  _, state, tparams, teacher = common.jax_kd_step()
+  ds, steps, mesh, state, tparams, teacher = common.epoch_setup(num_examples)
   from distill_jax import train
   student = common.mlp(common.STUDENT)
   step = train.make_train_step(student.apply, teacher.apply, temperature=4.0, alpha=0.9)

@@ -21,18 +21,11 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from distill_jax import data as data_lib, sharding, teacher_cache, train  # noqa: E402
 from distill_jax.checkpoint import Checkpointer  # noqa: E402
-from distill_jax.data.dataset import Dataset  # noqa: E402
 from distill_jax.loop import fit  # noqa: E402
 
 
 def main(num_examples: int = 60_000, rounds: int = 2):
-  rng = np.random.default_rng(0)
-  ds = Dataset("synthetic", rng.normal(size=(num_examples, common.INPUT)).astype(np.float32),
-               rng.integers(0, 10, num_examples).astype(np.int32),
-               np.zeros((1, common.INPUT), np.float32), np.zeros(1, np.int32), 10)
-  steps = data_lib.steps_per_epoch(num_examples, common.BATCH)
-  mesh = sharding.make_mesh()
-  _, state, tparams, teacher = common.jax_kd_step()
+  ds, steps, mesh, state, tparams, teacher = common.epoch_setup(num_examples)
   student = common.mlp(common.STUDENT)
   shardings = sharding.tree_shardings(state, sharding.REPLICATED, mesh)
   predict = lambda x: train.predict(teacher.apply, tparams, x, mesh, 1024)

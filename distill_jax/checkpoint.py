@@ -29,10 +29,14 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    # Handlers named up front, so that item metadata (shapes) can be read before a restore.
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                             enable_async_checkpointing=async_save))
+                                             enable_async_checkpointing=async_save),
+        item_handlers={"params": ocp.StandardCheckpointHandler(),
+                       "train": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -95,6 +99,8 @@ def check_shapes(manager: ocp.CheckpointManager, step: int, template: Any, where
     meta = manager.item_metadata(step)["params"]
   except Exception:   # unreadable metadata: the restore will find the damage and report it
     return
+  if meta is None:
+    return
   saved = {k: tuple(v.shape) for k, v in flatten(getattr(meta, "tree", meta)).items()
            if hasattr(v, "shape")}
   wanted = {k: tuple(np.shape(v)) for k, v in flatten(template).items()}
@@ -107,14 +113,27 @@ def check_shapes(manager: ocp.CheckpointManager, step: int, template: Any, where
                      "Use the config the checkpoint was written with, or another workdir.")
 
 
-def restore_params(directory: str, template: Any) -> Any:
-  """The ``params`` item of the newest checkpoint in a distill_jax checkpoint directory."""
+def _params_manager(directory: str) -> tuple[ocp.CheckpointManager, int]:
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"teacher.checkpoint: checkpoint directory {directory!r} does not exist")
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  item_handlers={"params": ocp.StandardCheckpointHandler()})
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"teacher.checkpoint: no checkpoint found in {directory!r}")
+  return manager, step
+
+
+def check_params(directory: str, template: Any) -> None:
+  """Raise (naming paths and shapes) if the newest checkpoint's params do not fit ``template``."""
+  manager, step = _params_manager(directory)
+  check_shapes(manager, step, template, directory)
+  manager.close()
+
+
+def restore_params(directory: str, template: Any) -> Any:
+  """The ``params`` item of the newest checkpoint in a distill_jax checkpoint directory."""
+  manager, step = _params_manager(directory)
   check_shapes(manager, step, template, directory)
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(_abstract(template))))

@@ -14,7 +14,7 @@ import numpy as np
 
 from distill_jax import data as data_lib
 from distill_jax import models, recombine, sharding, teacher_cache, train
-from distill_jax.checkpoint import Checkpointer, restore_params
+from distill_jax.checkpoint import Checkpointer, check_params, restore_params
 from distill_jax.loop import MetricsWriter, fit
 from distill_jax.paths import count_params
 from distill_jax.recombine.accounting import format_accounting, write_accounting
@@ -139,9 +139,6 @@ def validate(config) -> data_lib.Dataset:
   fits the student (a dry run on freshly initialised parameters). Returns the dataset.
   """
   dataset = data_lib.load(config.data)
-  if config.teacher.checkpoint and not os.path.isdir(config.teacher.checkpoint):
-    raise FileNotFoundError(f"teacher.checkpoint: checkpoint directory "
-                            f"{config.teacher.checkpoint!r} does not exist")
   built = {}
   for role in ("teacher", "student"):
     model = models.build(config[role].model, dataset.num_classes)
@@ -157,6 +154,8 @@ def validate(config) -> data_lib.Dataset:
       raise ValueError(f"{role}.model outputs shape {logits.shape[1:]}, the data has "
                        f"{dataset.num_classes} classes")
     built[role] = (model, params)
+  if config.teacher.checkpoint:
+    check_params(config.teacher.checkpoint, built["teacher"][1])
   init = config.student.init
   (teacher, tparams), (_, sparams) = built["teacher"], built["student"]
   recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,

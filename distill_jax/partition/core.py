@@ -46,16 +46,22 @@ class Partition:
                      f"({c.rule})" for c in self.claims)
 
 
-def claim_paths(flat: dict[str, Any], rules: Sequence, what: str = "partition rule") -> dict:
+def claim_paths(flat: dict[str, Any], rules: Sequence, what: str = "partition rule",
+                every_rule_matches: bool = False) -> dict:
   """``{path: (claim, rule description)}``: each path claimed by the first rule that claims it.
 
-  Shared by partitioning and by sharding rules; a path no rule claims is an error listing it.
+  Shared by partitioning and by sharding rules; a path no rule claims is an error listing it,
+  and with ``every_rule_matches`` so is a rule that matches no path at all (usually a typo).
   """
   paths = list(flat)
   unclaimed, claims = set(paths), {}
   for i, rule in enumerate(make_rule(r) for r in rules):
     name = getattr(rule, "description", getattr(rule, "__name__", f"rule {i}"))
-    for path, claim in rule(paths, flat).items():
+    matched = rule(paths, flat)
+    if every_rule_matches and not matched:
+      raise ValueError(f"{what} {i} ({name}) matches no parameter; paths look like "
+                       f"{paths[:3]}")
+    for path, claim in matched.items():
       if path in unclaimed:            # first match wins
         unclaimed.discard(path)
         claims[path] = (claim, f"rule {i}: {name}")
@@ -70,7 +76,7 @@ def partition(params: Any, rules: Sequence) -> Partition:
   """Split ``params`` into groups: each parameter goes to the first rule that claims it."""
   flat = flatten(params)
   paths = list(flat)
-  claims = claim_paths(flat, rules)
+  claims = claim_paths(flat, rules, every_rule_matches=True)
   groups: dict[str, dict[str, Any]] = {}
   out: list[Claim] = []
   for path in paths:

@@ -1,0 +1,241 @@
+"""Faults: SIGKILL and SIGTERM mid-run, damaged checkpoints, non-finite losses, bad input,
+two runs on one workdir. A resumed run must end exactly where an uninterrupted one does."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from distill_jax import cli, data as data_lib, sharding, train
+from distill_jax.checkpoint import Checkpointer, restore_params
+from distill_jax.data.dataset import Dataset
+from distill_jax.loop import fit
+from tests.helpers import ROOT, mlp, state_for
+
+ARGS = ["--config=configs/digits_mlp10_to3.py:smoke", "--config.baseline=False",
+        "--config.teacher.steps=30", "--config.student.steps=30", "--config.log_every=5",
+        "--config.checkpoint_every=10"]
+
+
+def _cmd(workdir, *extra):
+  return [sys.executable, "-m", "distill_jax.main", *ARGS, f"--workdir={workdir}", *extra]
+
+
+def _run(workdir, *extra):
+  return subprocess.run(_cmd(workdir, *extra), cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+
+
+def _student(workdir):
+  template = train.init_params(mlp((256, 256)), (64,), jax.random.PRNGKey(0))
+  return restore_params(os.path.join(workdir, "student", "checkpoints"), template)
+
+
+def _assert_same_result(workdir, reference):
+  ours, ref = (json.loads((w / "summary.json").read_text()) for w in (workdir, reference))
+  for key in ("teacher", "student"):
+    assert ours[key]["accuracy"] == ref[key]["accuracy"]
+  assert ours["student"]["agreement"] == ref["student"]["agreement"]
+  jax.tree.map(np.testing.assert_array_equal, _student(workdir), _student(reference))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  out = _run(workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
+
+
+def _kill_when(workdir, condition, sig=signal.SIGKILL, timeout=300):
+  """Start the run, send ``sig`` as soon as ``condition(workdir)`` holds; returns the process."""
+  proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  start = time.time()
+  while proc.poll() is None and time.time() - start < timeout:
+    if condition(workdir):
+      proc.send_signal(sig)
+      break
+    time.sleep(0.005)
+  out, err = proc.communicate(timeout=timeout)
+  return proc, out, err
+
+
+def _metrics_lines(workdir, phase):
+  try:
+    with open(workdir / "metrics.jsonl") as f:
+      return sum(f'"phase": "{phase}"' in line for line in f)
+  except FileNotFoundError:
+    return 0
+
+
+def _writing_checkpoint(workdir):
+  d = workdir / "student" / "checkpoints"
+  return d.exists() and any("tmp" in p.name for p in d.iterdir())
+
+
+@pytest.mark.parametrize("where,condition", [
+    ("mid-teacher", lambda w: _metrics_lines(w, "teacher") >= 3),
+    ("mid-student", lambda w: _metrics_lines(w, "student") >= 3),
+    ("mid-checkpoint-write", _writing_checkpoint),
+])
+def test_sigkill_then_rerun_ends_like_an_uninterrupted_run(tmp_path, reference, where, condition):
+  proc, _, _ = _kill_when(tmp_path, condition)
+  if proc.returncode != -signal.SIGKILL:
+    pytest.skip(f"could not arrange a kill {where}: the run ended first")
+  out = _run(tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  _assert_same_result(tmp_path, reference)
+
+
+def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, reference):
+  proc, _, err = _kill_when(tmp_path, lambda w: _metrics_lines(w, "student") >= 1,
+                            sig=signal.SIGTERM)
+  assert proc.returncode == 143, err[-2000:]
+  assert "SIGTERM received; saved a checkpoint at step" in err and "Traceback" not in err
+  step = int(err.split("checkpoint at step ")[1].split()[0])
+  assert Checkpointer(str(tmp_path / "student" / "checkpoints")).latest_step() == step
+  out = _run(tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  _assert_same_result(tmp_path, reference)
+
+
+def _damage_truncate(step_dir):
+  for root, _, files in os.walk(step_dir / "params"):
+    for name in files:
+      if name != "commit_success.txt":
+        open(os.path.join(root, name), "w").close()
+
+
+def _damage_delete(step_dir):
+  shutil.rmtree(step_dir / "params" / "d")
+
+
+def _damage_structure(step_dir, teacher_step_dir):
+  shutil.rmtree(step_dir / "params")
+  shutil.copytree(teacher_step_dir / "params", step_dir / "params")
+
+
+@pytest.mark.parametrize("damage", ["truncated files", "missing files", "wrong tree structure"])
+def test_a_damaged_latest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, reference,
+                                                                            damage):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  latest = workdir / "student" / "checkpoints" / "30"
+  if damage == "truncated files":
+    _damage_truncate(latest)
+  elif damage == "missing files":
+    _damage_delete(latest)
+  else:
+    _damage_structure(latest, workdir / "teacher" / "checkpoints" / "30")
+  before = sorted(p.name for p in (latest / "params").rglob("*"))
+  out = _run(workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "checkpoint step 30" in out.stderr and "is damaged" in out.stderr
+  aside = workdir / "student" / "checkpoints" / "damaged" / "30"
+  assert sorted(p.name for p in (aside / "params").rglob("*")) == before   # kept untouched
+  _assert_same_result(workdir, reference)   # resumed from step 20 and trained to 30 again
+
+
+def test_restoring_into_a_model_of_another_shape_names_paths_and_shapes(tmp_path, reference):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  out = _run(workdir, "--config.student.model.hidden=(128,128)",
+             "--config.student.init.strategy=width")
+  assert out.returncode == 2
+  assert ("does not fit the model: Dense_0/bias: checkpoint (256,) vs model (128,)"
+          in out.stderr)
+  assert not (workdir / "student" / "checkpoints" / "damaged").exists()
+
+
+def test_a_nonfinite_loss_stops_at_its_step_and_writes_no_bad_checkpoint(tmp_path):
+  rng = np.random.default_rng(0)
+  ds = Dataset("toy", rng.normal(size=(64, 64)).astype(np.float32),
+               rng.integers(0, 10, 64).astype(np.int32), np.zeros((1, 64), np.float32),
+               np.zeros(1, np.int32), 10)
+  model = mlp((16,))
+  state = state_for(model)
+  mesh = sharding.make_mesh()
+  shardings = sharding.tree_shardings(state, sharding.REPLICATED, mesh)
+  good = train.jit_train_step(train.make_train_step(model.apply), mesh, shardings)
+
+  def poisoned(state, batch, teacher_params):   # the data turns to NaN at step 7
+    if int(state.step) >= 6:
+      batch = dict(batch, x=batch["x"] * np.nan)
+    return good(state, batch, teacher_params)
+
+  ckpt = Checkpointer(str(tmp_path))
+  with pytest.raises(FloatingPointError, match=r"loss is nan at step 7; training stopped. No "
+                                               r"checkpoint after step 5 was written"):
+    fit(phase="t", state=state, step_fn=poisoned, batch_fn=lambda s: data_lib.train_batch(
+        ds, 16, 0, s), num_steps=20, mesh=mesh, state_shardings=shardings, checkpointer=ckpt,
+        batch_size=16, log_every=10, checkpoint_every=5)
+  ckpt.wait()
+  assert ckpt.manager.all_steps() == [5]
+  restored, _ = ckpt.restore(state_for(model))
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(restored.params))
+
+
+def _npz(tmp_path, name, **arrays):
+  path = tmp_path / name
+  np.savez(path, **arrays)
+  return f"--config.data.path={path}"
+
+
+def _listing(workdir):
+  return sorted((str(p.relative_to(workdir)), p.stat().st_mtime_ns) for p in workdir.rglob("*"))
+
+
+@pytest.mark.parametrize("case", ["unknown key", "wrong type", "labels out of range",
+                                  "shapes do not fit", "empty dataset", "missing teacher",
+                                  "rule claims nothing", "impossible target"])
+def test_bad_input_is_one_clear_line_and_leaves_the_workdir_alone(tmp_path, reference, case):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  before = _listing(workdir)
+  x = np.zeros((20, 64), np.float32)
+  args, expected = {
+      "unknown key": (["--config.distil.alpha=0.5"], "unknown config key 'distil'"),
+      "wrong type": (["--config.batch_size=sixty"], "flag --config.batch_size=sixty"),
+      "labels out of range": (["--config.data.source=npz", "--config.data.num_classes=10",
+                               _npz(tmp_path, "l.npz", x=x, y=np.arange(20))],
+                              "labels range over [0, 1"),
+      "shapes do not fit": (["--config.data.source=npz", _npz(
+                                 tmp_path, "s.npz", x=np.zeros((20, 100), np.float32),
+                                 y=np.arange(20) % 10),
+                             f"--config.teacher.checkpoint={reference}/teacher/checkpoints"],
+                            "does not fit the model: Dense_0/kernel: checkpoint (64, 256) vs "
+                            "model (100, 256)"),
+      "empty dataset": (["--config.data.source=npz", _npz(tmp_path, "e.npz", x=x[:0],
+                                                          y=np.zeros(0, int))],
+                        "holds 0 examples"),
+      "missing teacher": (["--config.teacher.checkpoint=/nonexistent/teacher"],
+                          "teacher.checkpoint: checkpoint directory '/nonexistent/teacher' "
+                          "does not exist"),
+      "rule claims nothing": (['--config.student.init.rules=(("regex", "Dnse_0/.*", "stem"),'
+                               ' ("depth", r"Dense_(\\d+)"))'],
+                              "partition rule 0 (regex('Dnse_0/.*', 'stem')) matches no "
+                              "parameter"),
+      "impossible target": (["--config.student.init.select.layers=(0,3,5,9)"],
+                            "but the student has 3 layers"),
+  }[case]
+  out = _run(workdir, *args)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [l for l in out.stderr.splitlines() if l.startswith("FATAL")]
+  assert len(lines) == 1 and expected in lines[0], out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert _listing(workdir) == before
+
+
+def test_a_second_run_on_a_busy_workdir_refuses(tmp_path):
+  with cli.workdir_lock(str(tmp_path)):
+    out = _run(tmp_path)
+  assert out.returncode == 2
+  assert f"workdir {tmp_path} is in use by another run (pid {os.getpid()}" in out.stderr
+  assert not (tmp_path / "teacher").exists()
