@@ -35,6 +35,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                        cpu_collectives="", timeout=300)
   c.eval_batch_size = 512
   c.log_every = 10
+  c.eval_every = 250                # held-out loss/accuracy/agreement (metrics.jsonl, TensorBoard)
   c.checkpoint_every = 500
   c.baseline = True                 # also train the student architecture from scratch
 

@@ -7,6 +7,7 @@ collectives can deadlock when dozens of steps are queued), and checkpoints every
 writes). The next batch is prepared on the host while the device runs the current step.
 """
 import json
+import os
 import signal
 import threading
 import time
@@ -23,15 +24,31 @@ from distill_jax.train import TrainState
 
 
 class MetricsWriter:
-  """Appends one JSON object per line to ``WORKDIR/metrics.jsonl`` (process 0 only)."""
+  """Appends one JSON object per line to ``WORKDIR/metrics.jsonl`` and, given a directory,
+  writes the same scalars as TensorBoard events to ``<dir>/<phase>/`` (process 0 only)."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, tensorboard_dir: Optional[str] = None):
     self.path = path
+    self.tensorboard_dir = tensorboard_dir
+    self._boards: dict = {}
 
   def write(self, record: dict) -> None:
-    if jax.process_index() == 0:
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    if jax.process_index() != 0:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    if self.tensorboard_dir:
+      board = self._board(record["phase"])
+      for key, value in record.items():
+        if key not in ("phase", "step", "split") and isinstance(value, (int, float)):
+          board.scalar(f"{record['split']}/{key}", value, record["step"])
+      board.flush()
+
+  def _board(self, phase: str):
+    if phase not in self._boards:
+      from flax.metrics import tensorboard  # imports TensorFlow: only when asked for
+      self._boards[phase] = tensorboard.SummaryWriter(os.path.join(self.tensorboard_dir, phase))
+    return self._boards[phase]
 
 
 class Preempted(Exception):
@@ -48,10 +65,12 @@ def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[
         batch_size: int, teacher_params: Any = None, writer: Optional[MetricsWriter] = None,
         log_every: int = 10, checkpoint_every: int = 500,
         learning_rate_fn: Optional[Callable[[int], float]] = None,
-        data_meta: Optional[Callable[[int], dict]] = None) -> TrainState:
+        data_meta: Optional[Callable[[int], dict]] = None,
+        eval_fn: Optional[Callable[[Any], dict]] = None, eval_every: int = 0) -> TrainState:
   """Train ``state`` for ``num_steps`` total steps (resuming where a previous run stopped).
 
-  ``batch_fn(step)`` returns this process's numpy batch for global step ``step``.
+  ``batch_fn(step)`` returns this process's numpy batch for global step ``step``;
+  ``eval_fn(params)`` (every ``eval_every`` steps and at the end) returns held-out metrics.
   """
   state = sharding.place(state, state_shardings, copy=True)   # the step donates it
   restored = checkpointer.restore(state)
@@ -100,6 +119,8 @@ def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[
           writer.write({"phase": phase, "step": done, "split": "train",
                         "examples_per_sec": rate, **metrics})
       bar.update(1)
+      if eval_fn and writer and ((eval_every and done % eval_every == 0) or done == num_steps):
+        writer.write({"phase": phase, "step": done, "split": "eval", **eval_fn(state.params)})
       if done % checkpoint_every == 0 or done == num_steps or stop:
         check_finite(state)      # never write non-finite parameters
         checkpointer.save(state, data_meta(done) if data_meta else {})

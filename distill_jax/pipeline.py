@@ -7,13 +7,13 @@ differs (labels for teacher and baseline, Hinton KD for the student).
 import json
 import os
 import zlib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 
 from distill_jax import data as data_lib
-from distill_jax import models, recombine, sharding, teacher_cache, train
+from distill_jax import losses, models, plots, recombine, sharding, teacher_cache, train
 from distill_jax.checkpoint import Checkpointer, check_params, restore_params
 from distill_jax.loop import MetricsWriter, fit
 from distill_jax.paths import count_params
@@ -22,10 +22,12 @@ from distill_jax.recombine.accounting import format_accounting, write_accounting
 
 def train_model(phase: str, model, params: Any, phase_config, config, dataset: data_lib.Dataset,
                 mesh, workdir: str, teacher: Optional[tuple] = None,
-                writer: Optional[MetricsWriter] = None) -> Any:
+                writer: Optional[MetricsWriter] = None,
+                eval_fn: Optional[Callable[[Any], dict]] = None) -> Any:
   """Train ``params`` of ``model`` for ``phase_config.steps``; returns the final params.
 
-  ``teacher`` is ``(teacher_model, teacher_params)`` for distillation, None for labels only.
+  ``teacher`` is ``(teacher_model, teacher_params)`` for distillation, None for labels only;
+  ``eval_fn(params)`` gives held-out metrics every ``config.eval_every`` steps.
   """
   steps = phase_config.steps
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed),
@@ -73,9 +75,24 @@ def train_model(phase: str, model, params: Any, phase_config, config, dataset: d
               mesh=mesh, state_shardings=state_shardings, checkpointer=checkpointer,
               batch_size=config.batch_size, teacher_params=teacher_params, writer=writer,
               log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-              learning_rate_fn=lr, data_meta=data_meta)
+              learning_rate_fn=lr, data_meta=data_meta, eval_fn=eval_fn,
+              eval_every=config.get("eval_every", 0))
   checkpointer.close()
   return state.params
+
+
+def make_eval_fn(model, dataset: data_lib.Dataset, mesh, config,
+                 teacher_logits: Optional[np.ndarray] = None) -> Callable[[Any], dict]:
+  """Held-out (test split) loss, accuracy and, given the teacher's logits, agreement."""
+
+  def eval_fn(params) -> dict:
+    logits = train.predict(model.apply, params, dataset.x_test, mesh, config.eval_batch_size)
+    metrics = {"loss": float(losses.cross_entropy(logits, dataset.y_test)),
+               "accuracy": train.accuracy(logits, dataset.y_test)}
+    if teacher_logits is not None:
+      metrics["agreement"] = train.agreement(logits, teacher_logits)
+    return metrics
+  return eval_fn
 
 
 def teacher_outputs(teacher, teacher_params: Any, dataset: data_lib.Dataset, mesh, config,
@@ -128,7 +145,8 @@ def get_teacher(config, dataset, mesh, workdir, writer) -> tuple:
   if config.teacher.checkpoint:
     return teacher, restore_params(config.teacher.checkpoint, template)
   return teacher, train_model("teacher", teacher, template, config.teacher, config, dataset,
-                              mesh, workdir, writer=writer)
+                              mesh, workdir, writer=writer,
+                              eval_fn=make_eval_fn(teacher, dataset, mesh, config))
 
 
 def validate(config) -> data_lib.Dataset:
@@ -172,7 +190,8 @@ def run(config, workdir: str, dataset: Optional[data_lib.Dataset] = None) -> dic
   os.makedirs(workdir, exist_ok=True)
   dataset = dataset if dataset is not None else data_lib.load(config.data)
   mesh = sharding.make_mesh(config.mesh.to_dict())
-  writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+  writer = MetricsWriter(os.path.join(workdir, "metrics.jsonl"),
+                         tensorboard_dir=os.path.join(workdir, "tensorboard"))
 
   teacher, teacher_params = get_teacher(config, dataset, mesh, workdir, writer)
   teacher_logits = evaluate(teacher, teacher_params, dataset, mesh, config)
@@ -185,7 +204,8 @@ def run(config, workdir: str, dataset: Optional[data_lib.Dataset] = None) -> dic
     fresh = train.init_params(student, dataset.input_shape,
                               jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
     params = train_model("baseline", student, fresh, config.student, config, dataset, mesh,
-                         workdir, writer=writer)
+                         workdir, writer=writer, eval_fn=make_eval_fn(
+                             student, dataset, mesh, config, teacher_logits))
     logits = evaluate(student, params, dataset, mesh, config)
     summary["baseline"] = {"accuracy": train.accuracy(logits, dataset.y_test),
                            "agreement": train.agreement(logits, teacher_logits)}
@@ -194,7 +214,8 @@ def run(config, workdir: str, dataset: Optional[data_lib.Dataset] = None) -> dic
   print(format_accounting(init_report))
   init_logits = evaluate(student, params, dataset, mesh, config)
   params = train_model("student", student, params, config.student, config, dataset, mesh,
-                       workdir, teacher=(teacher, teacher_params), writer=writer)
+                       workdir, teacher=(teacher, teacher_params), writer=writer,
+                       eval_fn=make_eval_fn(student, dataset, mesh, config, teacher_logits))
   logits = evaluate(student, params, dataset, mesh, config)
   n_student = count_params(params)
   summary["student"] = {"params": n_student,
@@ -206,6 +227,7 @@ def run(config, workdir: str, dataset: Optional[data_lib.Dataset] = None) -> dic
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
+    plots.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
   print(format_summary(summary))
   return summary
 

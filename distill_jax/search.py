@@ -127,8 +127,23 @@ def plot_leaderboard(board: dict, path: str) -> None:
   for e in board["plans"]:
     ax.errorbar(e["params"], e["val_accuracy"], yerr=e["val_accuracy_std"], fmt="o",
                 color="tab:red" if e.get("chosen") else "tab:blue", capsize=3)
-    ax.annotate(e["plan"]["name"], (e["params"], e["val_accuracy"]), fontsize=7,
-                xytext=(4, 4), textcoords="offset points")
+  # Labels of equal-size plans form a column, best first, each joined to its point.
+  ax.margins(x=0.3)
+  low, high = ax.get_ylim()
+  left, right = ax.get_xlim()
+  groups: dict = {}
+  for e in board["plans"]:
+    groups.setdefault(e["params"], []).append(e)
+  for size, members in groups.items():
+    members.sort(key=lambda e: -e["val_accuracy"])
+    top = members[0]["val_accuracy"]
+    on_left = size > (left + right) / 2          # labels towards the middle of the plot
+    shift = (-0.04 if on_left else 0.04) * (right - left)
+    for k, e in enumerate(members):
+      ax.annotate(f"{e['plan']['name']} {e['val_accuracy']:.3f}", (size, e["val_accuracy"]),
+                  xytext=(size + shift, top - k * 0.05 * (high - low)),
+                  textcoords="data", fontsize=7,
+                  ha="right" if on_left else "left", va="center", arrowprops=dict(arrowstyle="-", lw=0.4, color="gray"))
   ax.axhline(board["teacher"]["val_accuracy"], color="gray", ls="--", label="teacher")
   if board["target"]:
     ax.axhline(board["target"], color="tab:green", ls=":", label="target")

@@ -105,7 +105,11 @@ def make_train_step(student_apply: Callable, teacher_apply: Optional[Callable] =
                               hard=label_loss(logits)), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return grads, loss, jnp.mean(jnp.argmax(logits, -1) == labels)
+    hits = jnp.argmax(logits, -1)
+    accuracy = jnp.mean(hits == labels)
+    if mixup_alpha > 0:   # credit each of the two mixed labels by its weight
+      accuracy = lam * accuracy + (1.0 - lam) * jnp.mean(hits == jnp.roll(labels, 1))
+    return grads, loss, accuracy
 
   def train_step(state: TrainState, batch: dict, teacher_params: Any = None):
     rng = jax.random.fold_in(state.rng, state.step)

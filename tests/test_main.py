@@ -63,3 +63,38 @@ def test_unknown_config_key_is_named_with_a_suggestion(tmp_path):
           "did you mean 'strategy'?") in out.stderr
   assert "Traceback" not in out.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+def test_the_run_writes_curves_tensorboard_events_and_a_report(finished_run):
+  workdir, _ = finished_run
+  assert (workdir / "curves.png").stat().st_size > 10_000
+  for phase in ("teacher", "baseline", "student"):
+    assert list((workdir / "tensorboard" / phase).glob("events.out.tfevents.*")), phase
+  evals = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
+           if '"split": "eval"' in l]
+  assert {e["phase"] for e in evals} == {"teacher", "baseline", "student"}
+  summary = json.loads((workdir / "summary.json").read_text())
+  last_student = [e for e in evals if e["phase"] == "student"][-1]
+  assert last_student["accuracy"] == summary["student"]["accuracy"]
+  out = subprocess.run([sys.executable, "-m", "distill_jax.report", f"--workdir={workdir}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert f"{summary['student']['accuracy']:.4f}" in out.stdout and "finished" in out.stdout
+
+
+def test_report_summarises_an_interrupted_run_and_compares_runs(tmp_path, finished_run):
+  from distill_jax import report
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  lines = [{"phase": "teacher", "step": 10, "split": "train", "loss": 1.0, "accuracy": 0.5},
+           {"phase": "teacher", "step": 20, "split": "eval", "loss": 0.9, "accuracy": 0.7},
+           {"phase": "teacher", "step": 20, "split": "train", "loss": 0.8, "accuracy": 0.6}]
+  (partial / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  rows = report.run_rows(str(partial))["rows"]
+  assert rows == {"teacher": {"step": 20, "status": "interrupted (last test eval)",
+                              "accuracy": 0.7, "agreement": None}}
+  table = report.format_runs({"partial": report.run_rows(str(partial)),
+                              "done": report.run_rows(str(finished_run[0]))})
+  assert "interrupted" in table and "finished" in table
+  with pytest.raises(FileNotFoundError, match="neither summary.json nor metrics.jsonl"):
+    report.run_rows(str(tmp_path))

@@ -35,9 +35,9 @@ def _finish(proc):
   assert proc.returncode == 0, out[-3000:]
 
 
-def _losses(workdir):
+def _losses(workdir, split="train"):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [(r["phase"], r["step"], r["loss"]) for r in map(json.loads, f)]
+    return [(r["phase"], r["step"], r["loss"]) for r in map(json.loads, f) if r["split"] == split]
 
 
 def _params(workdir, phase, hidden):
@@ -64,6 +64,10 @@ def test_two_processes_match_one_process(tmp_path):
   np.testing.assert_allclose([l for *_, l in two], [l for *_, l in one], rtol=1e-6)
   # one device sums the gradient in another order: the curve agrees to float tolerance
   np.testing.assert_allclose([l for *_, l in two], [l for *_, l in single], rtol=2e-3)
+  # held-out evaluations (every process predicts its share, all see all logits) agree too
+  evals_two, evals_one = _losses(tmp_path / "two", "eval"), _losses(tmp_path / "one", "eval")
+  assert len(evals_two) == 2
+  np.testing.assert_allclose([l for *_, l in evals_two], [l for *_, l in evals_one], rtol=1e-6)
   for phase, hidden in (("teacher", (256,) * 9), ("student", (256, 256))):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  _params(tmp_path / "two", phase, hidden), _params(tmp_path / "one", phase, hidden))
