@@ -70,12 +70,12 @@ def train_model(phase: str, model, params: Any, phase_config, config, dataset: d
                                      "epoch": epoch, "index_in_epoch": index}}
 
   checkpointer = Checkpointer(os.path.join(workdir, phase, "checkpoints"))
-  lr = lambda s: phase_config.learning_rate * 0.5 * (1 + np.cos(np.pi * min(s, steps) / steps))
   state = fit(phase=phase, state=state, step_fn=jitted, batch_fn=batch_fn, num_steps=steps,
               mesh=mesh, state_shardings=state_shardings, checkpointer=checkpointer,
               batch_size=config.batch_size, teacher_params=teacher_params, writer=writer,
               log_every=config.log_every, checkpoint_every=config.checkpoint_every,
-              learning_rate_fn=lr, data_meta=data_meta, eval_fn=eval_fn,
+              learning_rate_fn=train.learning_rate_schedule(phase_config.learning_rate, steps),
+              data_meta=data_meta, eval_fn=eval_fn,
               eval_every=config.get("eval_every", 0))
   checkpointer.close()
   return state.params

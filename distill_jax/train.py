@@ -23,9 +23,14 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
+def learning_rate_schedule(learning_rate: float, num_steps: int) -> optax.Schedule:
+  """Cosine decay to zero over the phase's steps (also what the loop logs)."""
+  return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
+
+
 def make_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
-  """Adam with cosine decay to zero over the phase's steps."""
-  return optax.adam(optax.cosine_decay_schedule(learning_rate, max(num_steps, 1)))
+  """Adam with :func:`learning_rate_schedule`."""
+  return optax.adam(learning_rate_schedule(learning_rate, num_steps))
 
 
 def init_params(model, input_shape: tuple[int, ...], rng: jax.Array) -> Any:
