@@ -53,9 +53,17 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                              similarity=dict(measure="auto", mode="merge"),
                              width=dict(layers=(), every=0, importance="weight")))
   c.distill = dict(temperature=4.0, alpha=0.9,
+                   logit_loss="kd",          # kd (Hinton, weight alpha) | dkd (+ label CE)
+                   dkd=dict(alpha=1.0, beta=8.0),
                    teacher_dtype="float32",  # or "bfloat16": teacher forward in bf16
                    cache="",                 # "" online teacher | "logits" | "topk" (no mixup)
-                   cache_topk=5)
+                   cache_topk=5,
+                   # Feature-level KD: (teacher path, student path) regexes over captured
+                   # intermediates, and (FEATURE_LOSSES name, weight) pairs; see features.py.
+                   features=dict(pairs=(), losses=(("hint", 1.0),),
+                                 stagewise=False,  # True: features alone first, then outputs
+                                 stage1_steps=0,
+                                 head=()))         # stage-wise: (teacher, student) head prefixes
 
   if arg == "smoke":
     c.teacher.steps, c.student.steps = 60, 40

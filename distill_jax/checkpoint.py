@@ -15,13 +15,20 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from distill_jax import features
 from distill_jax.paths import flatten
-
 from distill_jax.train import TrainState
 
 
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _split(params: Any) -> tuple[Any, dict]:
+  """(the student alone, extras): a feature projection is training state, not model weights,
+  so it is saved with the optimizer state and the ``params`` item stays exportable."""
+  student = features.student_params(params)
+  return student, ({} if student is params else {"projection": params[features.PROJECTION]})
 
 
 class Checkpointer:
@@ -43,10 +50,11 @@ class Checkpointer:
 
   def save(self, state: TrainState, meta: dict) -> None:
     step = int(jax.device_get(state.step))
+    student, extras = _split(state.params)
     self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
+        params=ocp.args.StandardSave(student),
         train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
-                                     "rng": state.rng}),
+                                     "rng": state.rng, **extras}),
         meta=ocp.args.JsonSave(dict(meta, step=step))), force=True)
 
   def restore(self, template: TrainState) -> Optional[tuple[TrainState, dict]]:
@@ -57,18 +65,23 @@ class Checkpointer:
     tried. A checkpoint of the same structure but other shapes means the config changed: that
     is an error naming the paths and shapes, and nothing is moved.
     """
-    train = {"opt_state": template.opt_state, "step": template.step, "rng": template.rng}
+    student, extras = _split(template.params)
+    train = {"opt_state": template.opt_state, "step": template.step, "rng": template.rng,
+             **extras}
     for step in sorted(self.manager.all_steps(), reverse=True):
-      check_shapes(self.manager, step, template.params, self.directory)
+      check_shapes(self.manager, step, student, self.directory)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(template.params)),
+            params=ocp.args.StandardRestore(_abstract(student)),
             train=ocp.args.StandardRestore(_abstract(train)),
             meta=ocp.args.JsonRestore()))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         self._set_aside(step, e)
         continue
-      state = template.replace(params=restored.params, **restored.train)
+      saved = dict(restored.train)
+      params = (features.wrap(restored.params, saved.pop("projection")) if extras
+                else restored.params)
+      state = template.replace(params=params, **saved)
       logging.info("restored %s step %d", self.directory, step)
       return state, dict(restored.meta)
     return None

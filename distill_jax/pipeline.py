@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from distill_jax import data as data_lib
+from distill_jax import features as features_lib
 from distill_jax import losses, models, plots, recombine, sharding, teacher_cache, train
 from distill_jax.checkpoint import Checkpointer, check_params, restore_params
 from distill_jax.loop import MetricsWriter, fit
@@ -23,16 +24,28 @@ from distill_jax.recombine.accounting import format_accounting, write_accounting
 def train_model(phase: str, model, params: Any, phase_config, config, dataset: data_lib.Dataset,
                 mesh, workdir: str, teacher: Optional[tuple] = None,
                 writer: Optional[MetricsWriter] = None,
-                eval_fn: Optional[Callable[[Any], dict]] = None) -> Any:
+                eval_fn: Optional[Callable[[Any], dict]] = None, use_features: bool = False,
+                logit_weight: float = 1.0) -> Any:
   """Train ``params`` of ``model`` for ``phase_config.steps``; returns the final params.
 
   ``teacher`` is ``(teacher_model, teacher_params)`` for distillation, None for labels only;
   ``eval_fn(params)`` gives held-out metrics every ``config.eval_every`` steps.
+  ``use_features``: add ``config.distill.features``' losses (with their projections, trained
+  here and dropped from what is returned); ``logit_weight`` scales the logit loss.
   """
   steps = phase_config.steps
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed),
                            # crc32, not hash(): str hashes change between processes
                            zlib.crc32(phase.encode()))
+  feature_distillation = None
+  if use_features:
+    feature_distillation, projections = features_lib.setup(
+        config.distill.features, teacher[0].apply, teacher[1], model.apply, params,
+        dataset.x_train[:2], jax.random.fold_in(rng, 1))
+    params = features_lib.wrap(params, projections)
+    if eval_fn is not None:
+      student_eval = eval_fn
+      eval_fn = lambda p: student_eval(features_lib.student_params(p))
   state = train.create_state(model, params, train.make_optimizer(phase_config.learning_rate,
                                                                  steps), rng)
   state_shardings = sharding.tree_shardings(state, config.sharding.student, mesh)
@@ -44,7 +57,7 @@ def train_model(phase: str, model, params: Any, phase_config, config, dataset: d
       teacher_params = jax.tree.map(lambda a: a.astype(distill.teacher_dtype), teacher_params)
     teacher_shardings = sharding.tree_shardings(teacher_params, config.sharding.teacher, mesh)
     teacher_params = sharding.place(teacher_params, teacher_shardings)
-    if distill.cache:
+    if distill.cache and not use_features:   # features need the teacher's forward pass
       cache = teacher_outputs(teacher[0], teacher_params, dataset, mesh, config, workdir)
     else:
       teacher_apply = teacher[0].apply
@@ -52,7 +65,11 @@ def train_model(phase: str, model, params: Any, phase_config, config, dataset: d
                                alpha=distill.alpha, mixup_alpha=phase_config.get("mixup", 0.0),
                                micro_batches=config.micro_batches,
                                teacher_dtype=None if distill.teacher_dtype == "float32"
-                               else distill.teacher_dtype)
+                               else distill.teacher_dtype,
+                               logit_loss=distill.get("logit_loss", "kd"),
+                               logit_options=dict(distill.get(distill.get("logit_loss", "kd"),
+                                                              {})),
+                               logit_weight=logit_weight, features=feature_distillation)
   jitted = train.jit_train_step(step, mesh, state_shardings, teacher_shardings)
   per_epoch = data_lib.steps_per_epoch(len(dataset.x_train), config.batch_size)
 
@@ -78,7 +95,7 @@ def train_model(phase: str, model, params: Any, phase_config, config, dataset: d
               data_meta=data_meta, eval_fn=eval_fn,
               eval_every=config.get("eval_every", 0))
   checkpointer.close()
-  return state.params
+  return features_lib.student_params(state.params)
 
 
 def make_eval_fn(model, dataset: data_lib.Dataset, mesh, config,
@@ -179,6 +196,19 @@ def validate(config) -> data_lib.Dataset:
   recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,
                       context=recombine.Context(teacher.apply, tparams, dataset.x_train[:8]),
                       **dict(init.get(init.strategy, {})))
+  feature_config = config.distill.get("features", None)
+  if feature_config and feature_config.pairs:
+    if config.distill.cache and not feature_config.stagewise:
+      raise ValueError("distill.features needs the teacher's forward pass (its intermediate "
+                       f"features), but distill.cache={config.distill.cache!r}; set "
+                       "--config.distill.cache='' or use features.stagewise")
+    teacher_model = built["teacher"][0]
+    features_lib.setup(feature_config, teacher_model.apply, tparams, built["student"][0].apply,
+                       sparams, dataset.x_train[:2], jax.random.PRNGKey(0))
+    if feature_config.stagewise:
+      features_lib.reuse_head(tparams, sparams, feature_config.head)
+  logit_loss = config.distill.get("logit_loss", "kd")
+  losses.LOGIT_LOSSES.get(logit_loss)
   if config.batch_size % sharding.batch_size_per_step(sharding.make_mesh(config.mesh.to_dict())):
     raise ValueError(f"batch_size {config.batch_size} is not a multiple of the "
                      f"{jax.device_count()} devices the batch is split over")
@@ -213,16 +243,33 @@ def run(config, workdir: str, dataset: Optional[data_lib.Dataset] = None) -> dic
   params, init_report = init_student(student, teacher, teacher_params, dataset, config, workdir)
   print(format_accounting(init_report))
   init_logits = evaluate(student, params, dataset, mesh, config)
+  student_eval = make_eval_fn(student, dataset, mesh, config, teacher_logits)
+  feature_config = config.distill.get("features", None)
+  use_features = bool(feature_config and feature_config.pairs)
+  if use_features and feature_config.stagewise:
+    # Stage 1 (FitNets): the student's feature extractor learns the teacher's features alone;
+    # then the teacher's head is copied in where its shapes fit, and stage 2 distils outputs.
+    stage1 = config.student.copy_and_resolve_references()
+    stage1.steps = feature_config.stage1_steps
+    params = train_model("features", student, params, stage1, config, dataset, mesh, workdir,
+                         teacher=(teacher, teacher_params), writer=writer, eval_fn=student_eval,
+                         use_features=True, logit_weight=0.0)
+    params = features_lib.reuse_head(teacher_params, params, feature_config.head)
+    use_features = False
   params = train_model("student", student, params, config.student, config, dataset, mesh,
                        workdir, teacher=(teacher, teacher_params), writer=writer,
-                       eval_fn=make_eval_fn(student, dataset, mesh, config, teacher_logits))
+                       eval_fn=student_eval, use_features=use_features)
   logits = evaluate(student, params, dataset, mesh, config)
   n_student = count_params(params)
   summary["student"] = {"params": n_student,
                         "accuracy": train.accuracy(logits, dataset.y_test),
                         "agreement": train.agreement(logits, teacher_logits),
                         "accuracy_at_init": train.accuracy(init_logits, dataset.y_test),
-                        "init": init_report}
+                        "init": init_report,
+                        "distill": {"logit_loss": config.distill.get("logit_loss", "kd"),
+                                    "features": (feature_config.to_dict()
+                                                 if feature_config and feature_config.pairs
+                                                 else None)}}
   summary["compression"] = summary["teacher"]["params"] / n_student
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "summary.json"), "w") as f:

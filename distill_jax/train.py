@@ -15,6 +15,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from distill_jax import features as features_lib
 from distill_jax import losses, sharding
 
 
@@ -61,7 +62,10 @@ def dense_from_topk(values: jnp.ndarray, indices: jnp.ndarray, num_classes: int)
 
 def make_train_step(student_apply: Callable, teacher_apply: Optional[Callable] = None, *,
                     temperature: float = 1.0, alpha: float = 0.0, mixup_alpha: float = 0.0,
-                    micro_batches: int = 1, teacher_dtype: Optional[str] = None) -> Callable:
+                    micro_batches: int = 1, teacher_dtype: Optional[str] = None,
+                    logit_loss: str = "kd", logit_options: Optional[dict] = None,
+                    logit_weight: float = 1.0,
+                    features: Optional[features_lib.FeatureDistillation] = None) -> Callable:
   """Return the pure ``train_step(state, batch, teacher_params) -> (state, metrics)``.
 
   Without a teacher (teacher training, from-scratch baseline) the loss is plain cross-entropy;
@@ -76,7 +80,16 @@ def make_train_step(student_apply: Callable, teacher_apply: Optional[Callable] =
   batch, 1/k of the activation memory). ``teacher_dtype="bfloat16"``: the teacher's inputs are
   cast (pass bf16 teacher params too); its logits come back as float32, and the student's
   master weights stay float32.
+
+  ``logit_loss`` names a ``losses.LOGIT_LOSSES`` entry ("kd": Hinton with ``alpha``; "dkd"),
+  with ``logit_options``, weighted by ``logit_weight``. ``features``: the state's params are
+  ``{"student", "projection"}`` (see ``features.py``) and the weighted feature losses of the
+  paired intermediate features are added; ``logit_weight=0`` trains on features alone.
   """
+  options = dict(logit_options or {})
+  if logit_loss == "kd":
+    options.setdefault("alpha", alpha)
+  logit_fn = losses.LOGIT_LOSSES.get(logit_loss)
 
   def teacher_logits_for(x, batch, teacher_params, num_classes):
     if "teacher_logits" in batch:
@@ -84,8 +97,10 @@ def make_train_step(student_apply: Callable, teacher_apply: Optional[Callable] =
     if "teacher_topk_values" in batch:
       return dense_from_topk(batch["teacher_topk_values"], batch["teacher_topk_indices"],
                              num_classes)
-    xt = x.astype(teacher_dtype) if teacher_dtype else x
-    return teacher_apply({"params": teacher_params}, xt).astype(jnp.float32)
+    return teacher_apply({"params": teacher_params}, teacher_input(x)).astype(jnp.float32)
+
+  def teacher_input(x):
+    return x.astype(teacher_dtype) if teacher_dtype else x
 
   def micro_step(params, batch, teacher_params, rng):
     dropout_rng, mixup_rng = jax.random.split(rng)
@@ -101,13 +116,26 @@ def make_train_step(student_apply: Callable, teacher_apply: Optional[Callable] =
       return ce
 
     def loss_fn(p):
-      logits = student_apply({"params": p}, x, train=True, rngs={"dropout": dropout_rng})
+      student_kwargs = dict(train=True, rngs={"dropout": dropout_rng})
+      if features is None:
+        logits = student_apply({"params": p}, x, **student_kwargs)
+      else:
+        logits, student_features = features_lib.capture(
+            student_apply, p[features_lib.STUDENT], x, **student_kwargs)
       if teacher_apply is None and not any(k.startswith("teacher_") for k in batch):
         return label_loss(logits), logits
-      teacher_logits = jax.lax.stop_gradient(
-          teacher_logits_for(x, batch, teacher_params, logits.shape[-1]))
-      return losses.hinton_kd(logits, teacher_logits, labels, temperature, alpha,
-                              hard=label_loss(logits)), logits
+      if features is None:
+        teacher_logits = teacher_logits_for(x, batch, teacher_params, logits.shape[-1])
+        feature_loss = 0.0
+      else:
+        teacher_logits, teacher_features = features_lib.capture(
+            teacher_apply, teacher_params, teacher_input(x))
+        feature_loss, _ = features.loss(teacher_features, student_features,
+                                        p[features_lib.PROJECTION])
+      teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+      logit_term = logit_fn(logits, teacher_logits, labels, temperature, label_loss(logits),
+                            **options)
+      return logit_weight * logit_term + feature_loss, logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     hits = jnp.argmax(logits, -1)

@@ -123,3 +123,10 @@ def test_a_prepared_tfds_dataset_loads_through_the_real_path(tmp_path):
   assert ds.x_train.shape == (12, 6, 6, 1) and ds.x_test.shape == (6, 6, 6, 1)
   assert ds.x_train.dtype == np.float32 and 0.0 <= ds.x_train.min() <= ds.x_train.max() <= 1.0
   assert ds.num_classes == 3 and sorted(set(ds.y_train.tolist())) == [0, 1, 2]
+
+
+def test_mnist1d_source_gives_the_published_4000_1000_split():
+  ds = data_lib.load(ml_collections.ConfigDict({"source": "mnist1d"}))
+  assert (ds.x_train.shape, ds.x_test.shape) == ((4000, 40), (1000, 40))
+  assert ds.x_train.dtype == np.float32 and ds.num_classes == 10
+  assert sorted(set(ds.y_train.tolist())) == list(range(10))

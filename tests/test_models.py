@@ -31,3 +31,21 @@ def test_cnn_layers_are_named_by_index_and_output_logits():
   assert params["Dense_0"]["kernel"].shape == (32, 16)
   assert count_params(params) == (9 * 4 + 4) + (9 * 4 * 8 + 8) + (32 * 16 + 16) + (16 * 10 + 10)
   assert model.apply({"params": params}, np.zeros((2, 8, 8), np.float32)).shape == (2, 10)
+
+
+def test_cnn_with_a_1d_kernel_reads_sequences():
+  model = _build(name="cnn", channels=(4, 6), hidden=(8,), kernel_size=(5,))
+  params = train.init_params(model, (40,), jax.random.PRNGKey(0))
+  assert params["Conv_0"]["kernel"].shape == (5, 1, 4)
+  assert params["Dense_0"]["kernel"].shape == (10 * 6, 8)     # 40 -> pool 20 -> pool 10
+  assert model.apply({"params": params}, np.zeros((2, 40), np.float32)).shape == (2, 10)
+
+
+def test_gru_reads_every_step_into_the_head():
+  model = _build(name="gru", units=3, bidirectional=True)
+  params = train.init_params(model, (40,), jax.random.PRNGKey(0))
+  shapes = {k: v.shape for k, v in flatten(params).items()}
+  assert shapes["GRU_0/forward_rnn/cell/ir/kernel"] == (1, 3)
+  assert shapes["GRU_0/backward_rnn/cell/hn/kernel"] == (3, 3)
+  assert shapes["Dense_0/kernel"] == (40 * 2 * 3, 10)
+  assert model.apply({"params": params}, np.zeros((2, 40), np.float32)).shape == (2, 10)

@@ -114,3 +114,21 @@ def tfds_source(data_config) -> Dataset:
     arrays[split] = (_as_float(data[0]), np.asarray(data[1], np.int32))
   num_classes = builder.info.features[keys[1]].num_classes
   return Dataset(name, *arrays["train"], *arrays["test"], num_classes=num_classes)
+
+
+@SOURCES.register("mnist1d")
+def mnist1d(data_config) -> Dataset:
+  """MNIST-1D (Greydanus, 2020): 4,000 train / 1,000 test sequences of length 40, 10 classes.
+
+  Generated offline by ``mnist1d.data.make_dataset`` with the package's default arguments
+  (seed 42, the published dataset) in about a second. ``get_dataset`` is avoided on purpose:
+  it tries a download first and writes a pickle into the working directory.
+  """
+  try:
+    from mnist1d.data import get_dataset_args, make_dataset
+  except ImportError:
+    raise ImportError("data.source='mnist1d' needs the package `mnist1d` "
+                      "(pip install mnist1d; it is in requirements.txt)") from None
+  raw = make_dataset(get_dataset_args())
+  return Dataset("mnist1d", raw["x"].astype(np.float32), raw["y"].astype(np.int32),
+                 raw["x_test"].astype(np.float32), raw["y_test"].astype(np.int32), num_classes=10)

@@ -1,11 +1,13 @@
 """Models, registered by name; ``build(model_config, num_classes)`` makes one from a config."""
 from distill_jax.models.cnn import CNN
+from distill_jax.models.gru import GRU
 from distill_jax.models.mlp import MLP
 from distill_jax.registry import Registry
 
 MODELS: Registry = Registry("model")
 MODELS.register("mlp")(MLP)
 MODELS.register("cnn")(CNN)
+MODELS.register("gru")(GRU)
 
 
 def build(model_config, num_classes: int):
@@ -21,4 +23,4 @@ def build(model_config, num_classes: int):
   return cls(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MLP", "CNN", "MODELS", "build"]
+__all__ = ["MLP", "CNN", "GRU", "MODELS", "build"]
