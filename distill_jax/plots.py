@@ -23,9 +23,12 @@ def smooth(values: list, window: int) -> list:
           for i in range(len(values))]
 
 
-def plot_curves(metrics_path: str, out_path: str, title: Optional[str] = None) -> None:
-  """Loss and accuracy against training step for every phase (teacher, baseline, student):
-  training batches as thin lines, held-out evaluations as markers."""
+def plot_curves(metrics_path: str, out_path: str, title: Optional[str] = None,
+                metric: str = "accuracy", metric_label: str = "accuracy (fraction correct)",
+                metric_range: Optional[tuple] = (0, 1.02)) -> None:
+  """Loss and ``metric`` against training step for every phase (teacher, baseline, student):
+  training batches as thin lines, held-out evaluations as markers. A series without the key
+  (e.g. a metric only evaluated on held-out data) is left out of that panel."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -39,7 +42,9 @@ def plot_curves(metrics_path: str, out_path: str, title: Optional[str] = None) -
     label = f"{phase} {'train batches (mean of 10 logs)' if split == 'train' else 'test'}"
     if split == "train" and phase == "student":
       label += ", KD objective"
-    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    for ax, key in ((ax_loss, "loss"), (ax_acc, metric)):
+      if any(key not in r for _, r in points):
+        continue
       values = [r[key] for _, r in points]
       if split == "train":   # one batch is noisy (mixup especially): show a running mean
         values = smooth(values, 10)
@@ -48,11 +53,16 @@ def plot_curves(metrics_path: str, out_path: str, title: Optional[str] = None) -
   ax_loss.set_xlabel("training step")
   ax_loss.set_ylabel("loss (log scale)")
   ax_acc.set_xlabel("training step")
-  ax_acc.set_ylabel("accuracy (fraction correct)")
-  ax_acc.set_ylim(0, 1.02)
+  ax_acc.set_ylabel(metric_label)
+  if metric_range:
+    ax_acc.set_ylim(*metric_range)
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
-  handles, labels = ax_loss.get_legend_handles_labels()
+  legend = {}
+  for ax in (ax_loss, ax_acc):   # a series may be in one panel only
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+      legend.setdefault(label, handle)
+  handles, labels = list(legend.values()), list(legend)
   fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
   fig.suptitle(title or "training curves (test points: held-out split)")
   fig.tight_layout(rect=(0, 0.12, 1, 1))   # room for the shared legend below

@@ -6,7 +6,8 @@ split over the ``data`` mesh axis and parameters and optimizer state are replica
 inserts the gradient all-reduce. The loss is a mean over the *global* batch, so a step on 8
 devices computes the same numbers as on 1 (up to summation order).
 """
-from typing import Any, Callable, Optional
+import re
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from distill_jax import features as features_lib
-from distill_jax import losses, sharding
+from distill_jax import losses, paths, sharding
 
 
 class TrainState(train_state.TrainState):
@@ -29,9 +30,21 @@ def learning_rate_schedule(learning_rate: float, num_steps: int) -> optax.Schedu
   return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
 
 
-def make_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
-  """Adam with :func:`learning_rate_schedule`."""
-  return optax.adam(learning_rate_schedule(learning_rate, num_steps))
+def make_optimizer(learning_rate: float, num_steps: int,
+                   frozen: Sequence[str] = ()) -> optax.GradientTransformation:
+  """Adam with :func:`learning_rate_schedule`; parameters whose "/"-joined path fullmatches a
+  ``frozen`` regex get no updates (and no Adam moments: reused embeddings stay as they are,
+  and the step skips their optimizer work)."""
+  adam = optax.adam(learning_rate_schedule(learning_rate, num_steps))
+  if not frozen:
+    return adam
+  patterns = [re.compile(p) for p in frozen]
+
+  def labels(params):
+    flat = paths.flatten(params)
+    return paths.unflatten({k: "frozen" if any(p.fullmatch(k) for p in patterns) else "train"
+                            for k in flat})
+  return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
 
 def init_params(model, input_shape: tuple[int, ...], rng: jax.Array) -> Any:

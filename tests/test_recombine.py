@@ -73,6 +73,13 @@ def test_linear_cka_matches_the_hsic_formula_and_its_invariances():
   assert linear_cka(x, y) == pytest.approx(hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l)), 1e-9)
   q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
   assert linear_cka(x, 3.0 * x @ q) == pytest.approx(1.0, abs=1e-9)
+  # wide activations (more features than examples) take the Gram-matrix route: same formula
+  xw, yw = rng.normal(size=(10, 50)), rng.normal(size=(10, 70))
+  hw = np.eye(10) - 1.0 / 10
+  kw, lw = xw @ xw.T, yw @ yw.T
+  hsic_w = lambda a, b: np.trace(a @ hw @ b @ hw)
+  assert linear_cka(xw, yw) == pytest.approx(
+      hsic_w(kw, lw) / np.sqrt(hsic_w(kw, kw) * hsic_w(lw, lw)), 1e-9)
   assert weight_cosine({"w": np.ones(3)}, {"w": -np.ones(3)}) == pytest.approx(-1.0)
   assert weight_cosine({"w": np.ones(3)}, {"w": np.ones(4)}) == 0.0
 

@@ -28,6 +28,12 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
   x = x.reshape(len(x), -1).astype(np.float64)
   y = y.reshape(len(y), -1).astype(np.float64)
   x, y = x - x.mean(0), y - y.mean(0)
+  if x.shape[1] + y.shape[1] > 2 * len(x):
+    # Wide activations (a transformer layer's B x (L * H)): the same quantities through the
+    # (B, B) Gram matrices, ||Y^T X||_F^2 = <X X^T, Y Y^T>_F and ||X^T X||_F = ||X X^T||_F.
+    kx, ky = x @ x.T, y @ y.T
+    denominator = np.linalg.norm(kx) * np.linalg.norm(ky)
+    return float(np.sum(kx * ky) / denominator) if denominator > 0 else 0.0
   denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
   return float(np.linalg.norm(y.T @ x) ** 2 / denominator) if denominator > 0 else 0.0
 
@@ -49,7 +55,11 @@ def layer_outputs(teacher: Partition, names: list[str], context: Context) -> lis
   captured = flatten(jax.device_get(state["intermediates"]))
   outputs = []
   for name in names:
-    module = next(c.path.rsplit("/", 1)[0] for c in teacher.claims if c.group == name)
+    # The layer's module is the longest common prefix of its parameters' paths
+    # (Dense_3/{kernel,bias} -> Dense_3; encoder/layer_2/attention/query/kernel... ->
+    # encoder/layer_2).
+    paths = [c.path.split("/")[:-1] for c in teacher.claims if c.group == name]
+    module = "/".join(os.path.commonprefix(paths))   # element-wise over the components
     key = f"{module}/__call__"
     if key not in captured:
       raise ValueError(f"no captured output {key!r} for layer group {name!r}; captured: "
