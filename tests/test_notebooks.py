@@ -27,3 +27,6 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
                     for o in c.outputs)
   if path.endswith("quickstart.ipynb"):
     assert "student distilled" in printed and "compression" in printed
+  if path.endswith("minilm_distill.ipynb"):
+    assert "student vs teacher cosine" in printed and "of the teacher" in printed
+    assert "curves.png" in printed and "student_safetensors" in printed
