@@ -121,3 +121,21 @@ def test_trim_cuts_padding_to_a_multiple_of_16():
   batch["attention_mask"][0, :20] = 1
   out = pipeline.trim(batch)
   assert out["input_ids"].shape == (2, 32) and out["teacher_embedding"].shape == (2, 384)
+
+
+def test_embedding_cache_matches_the_teacher_and_is_rebuilt_when_stale(tmp_path):
+  from distill_jax.models.bert import mean_pool
+  tp = init_params(TEACHER, jax.random.PRNGKey(0))
+  tokens = _batch(6)
+  cached = pipeline.embedding_cache(str(tmp_path), TEACHER, tp, tokens, batch_size=4)
+  out = build_encoder(TEACHER).apply({"params": tp}, tokens["input_ids"],
+                                     tokens["attention_mask"], tokens["token_type_ids"])
+  want = mean_pool(out.last_hidden_state, tokens["attention_mask"])
+  np.testing.assert_allclose(cached, want, rtol=1e-5, atol=1e-6)
+  key_file = tmp_path / "teacher_cache" / "key.json"
+  first_key = key_file.read_text()
+  again = pipeline.embedding_cache(str(tmp_path), TEACHER, tp, tokens, batch_size=4)
+  np.testing.assert_array_equal(again, cached)                 # read back, same key
+  other = _batch(6, seed=1)                                     # other sentences: stale
+  rebuilt = pipeline.embedding_cache(str(tmp_path), TEACHER, tp, other, batch_size=4)
+  assert key_file.read_text() != first_key and not np.allclose(rebuilt, cached)
