@@ -8,23 +8,13 @@ scored on the validation split; the first whose accuracy reaches 0.97 is chosen 
 for the full 2,000 steps, then scored once on the test split. A few minutes on 2 CPU cores.
 ``:smoke`` makes it a seconds-long run for the tests.
 """
-import importlib.util
-import os
-
 import ml_collections
 
-
-def base_config(arg=None) -> ml_collections.ConfigDict:
-  """configs/digits_mlp10_to3.py's config (configs are files, not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_mlp10_to3.py")
-  spec = importlib.util.spec_from_file_location("digits_mlp10_to3", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from distill_jax.config_files import sibling
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  c = base_config("smoke" if arg == "smoke" else None)
+  c = sibling(__file__, "digits_mlp10_to3.py", "smoke" if arg == "smoke" else None)
   c.baseline = False
   layers = dict(layers=(0, 5, 9))
   c.search = dict(

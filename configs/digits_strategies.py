@@ -7,18 +7,13 @@ The argument is the distillation budget in steps. No target: every plan is run w
 1, 2 and the leaderboard reports validation accuracy mean and spread (the README's strategy
 table). The teacher is the 10-layer MLP of digits_mlp10_to3.py, trained once (seed 0).
 """
-import importlib.util
-import os
-
 import ml_collections
+
+from distill_jax.config_files import sibling
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_search.py")
-  spec = importlib.util.spec_from_file_location("digits_search", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.base_config()
+  c = sibling(__file__, "digits_mlp10_to3.py")
   c.baseline = False
   wide = (256, 256)
   c.search = dict(

@@ -16,10 +16,9 @@ Teacher: Conv(5)x3 with 32 channels and average pooling, Dense 100, head (``Conv
 through a learned projection. Every run also trains the student from scratch with the same
 recipe (the baseline), so one job gives the "from scratch" and the "distilled" rows.
 """
-import importlib.util
-import os
-
 import ml_collections
+
+from distill_jax.config_files import sibling
 
 # Weight of each feature loss: at initialisation each term is then of the order of the KD term
 # (about 30 at T = 4 for both students; hint starts near 66, attention and cosine near 1, rkd
@@ -27,15 +26,6 @@ import ml_collections
 FEATURE_WEIGHTS = {"hint": 1.0, "attention": 10.0, "cosine": 10.0, "rkd": 100.0,
                    "similarity": 1000.0}
 FEATURE_LOSSES = tuple(FEATURE_WEIGHTS)
-
-
-def _digits_config() -> ml_collections.ConfigDict:
-  """configs/digits_mlp10_to3.py's config: the full set of keys and their defaults."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_mlp10_to3.py")
-  spec = importlib.util.spec_from_file_location("digits_mlp10_to3", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
@@ -48,7 +38,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   if unknown:
     raise ValueError(f"configs/mnist1d.py: unknown argument(s) {sorted(unknown)}; known: "
                      f"{list(FEATURE_LOSSES) + ['dkd', 'stagewise', 'smoke']}")
-  c = _digits_config()
+  c = sibling(__file__, "digits_mlp10_to3.py")   # every key and its default
   c.data.source = "mnist1d"
   c.batch_size = 100
   c.eval_every = 1000

@@ -10,38 +10,26 @@ the from-scratch baseline of a student recipe is trained once per seed too. Each
 the table goes to ``WORKDIR/table.json`` and the console: mean, sample standard deviation and
 [min, max] of test accuracy over the seeds.
 """
-import importlib.util
 import json
 import os
 import time
-from typing import Optional
 
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from distill_jax import pipeline
+from distill_jax import config_files, pipeline
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  """Flags are defined only when run as a program, so that importing this module (for
-  :func:`load_config`) next to another CLI module does not define ``--workdir`` twice."""
+  """Flags are defined only when run as a program, so that importing this module next to
+  another CLI module does not define ``--workdir`` twice."""
   flags.DEFINE_string("config", None, "Path to a configs/*.py file (no ':arg').")
   flags.DEFINE_multi_string("variant", [""], "The config's argument; repeat for several.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (config.seed) to run every variant with.")
   flags.DEFINE_string("workdir", None, "Directory for every run and the table.")
-
-
-def load_config(path: str, arg: Optional[str] = None):
-  """``get_config(arg)`` of a config file (configs are files, not a package)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def _recipe_key(config) -> str:
@@ -57,7 +45,7 @@ def sweep(config_path: str, variants: list[str], seeds: list[int], workdir: str)
   for seed in seeds:
     teacher_checkpoint, baselines = "", set()
     for variant in variants:
-      config = load_config(config_path, variant)
+      config = config_files.load(config_path, variant or None)
       key = _recipe_key(config)
       with config.unlocked():
         config.seed = seed

@@ -184,8 +184,8 @@ def test_student_params_drops_the_projection():
 
 
 def _feature_run_config():
-  from distill_jax.sweep import load_config
-  c = load_config("configs/digits_mlp10_to3.py", "smoke")
+  from distill_jax.config_files import load
+  c = load("configs/digits_mlp10_to3.py", "smoke")
   c.teacher.model.hidden, c.teacher.steps = (32, 24), 30
   c.student.model.hidden, c.student.steps, c.student.mixup = (16,), 12, 0.0
   c.student.init.strategy, c.baseline, c.eval_every = "random", False, 0
