@@ -25,14 +25,19 @@ from distill_jax.data import Dataset
 log = logging.getLogger(__name__)
 
 
+def hash_tree(h: "hashlib._Hash", tree: Any) -> None:
+  """Feed every leaf of ``tree`` (by sorted path: names and bytes) into hash ``h``."""
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0],
+                           key=lambda item: jax.tree_util.keystr(item[0])):
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+
+
 def cache_key(teacher_params: Any, dataset: Dataset, preprocessing: dict, mode: str,
               topk: int) -> str:
   """sha256 over the teacher's weights, the training inputs and the cache settings."""
   h = hashlib.sha256()
-  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(teacher_params)[0],
-                           key=lambda item: jax.tree_util.keystr(item[0])):
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  hash_tree(h, teacher_params)
   h.update(np.ascontiguousarray(dataset.x_train).tobytes())
   h.update(json.dumps({"dataset": dataset.name, "shape": list(dataset.x_train.shape),
                        "preprocessing": preprocessing, "mode": mode, "topk": topk},

@@ -122,12 +122,9 @@ def embedding_cache(workdir: str, teacher_cfg: BertConfig, teacher_params: Any,
   """The teacher's mean-pooled (unnormalised) embeddings of every training sentence, computed
   once and kept in ``WORKDIR/teacher_cache/embeddings.npy`` under a key over the teacher's
   weights and the token arrays (a stale cache is rebuilt)."""
-  from distill_jax.teacher_cache import load_or_build
+  from distill_jax.teacher_cache import hash_tree, load_or_build
   h = hashlib.sha256()
-  for leaf in jax.tree_util.tree_leaves(teacher_params):
-    h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
-  for k in sorted(tokens):
-    h.update(np.ascontiguousarray(tokens[k]).tobytes())
+  hash_tree(h, {"teacher": teacher_params, "tokens": tokens})
   h.update(json.dumps(teacher_cfg.to_dict(), sort_keys=True).encode())
   encoder = build_encoder(teacher_cfg)
 
