@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from distill_jax.data.sources import DatasetUnavailableError
+from distill_jax.data.sources import DatasetUnavailableError, tfds_builder
 from distill_jax.text.sts import StsPairs, read_sts_csv, sts_score
 
 INPUT_ERRORS = (ValueError, FileNotFoundError, ImportError, DatasetUnavailableError)
@@ -27,16 +27,9 @@ def read_tfds_stsb(name: str, data_dir: str | None = None, split: str = "validat
   except ImportError:
     raise DatasetUnavailableError("--data=tfds:... needs tensorflow-datasets "
                                   "(pip install tensorflow-datasets tensorflow-cpu)") from None
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:
-    raise DatasetUnavailableError(f"TFDS dataset {name!r} is not known to tensorflow-datasets "
-                                  f"({type(e).__name__})") from None
-  if not builder.is_prepared():
-    raise DatasetUnavailableError(
-        f"TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and sts_eval does not "
-        f"download. Prepare it where there is network (`tfds build {name} --data_dir=DIR`) "
-        "and pass --tfds_data_dir=DIR, or pass an STS-benchmark CSV as --data.")
+  builder = tfds_builder(name, data_dir, may_download=False,
+                         how_to_point="pass --tfds_data_dir=DIR, or pass an STS-benchmark CSV "
+                                      "as --data (sts_eval never downloads).")
   # Example by example: 1,500 rows, and batch_size=-1 crashed TF (vector::reserve) on strings.
   rows = list(tfds.as_numpy(builder.as_dataset(split=split)))
   text = lambda s: s.decode("utf-8") if isinstance(s, bytes) else str(s)

@@ -74,6 +74,37 @@ def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
     return False
 
 
+def tfds_builder(name: str, data_dir, may_download: bool, how_to_point: str):
+  """A TFDS builder whose data is prepared in ``data_dir``, without retrying a dead network.
+
+  Unprepared: downloaded only when ``may_download`` (and the mirror answers); otherwise a
+  DatasetUnavailableError says how to prepare it elsewhere, then ``how_to_point`` (how the
+  caller is told where the prepared data lives).
+  """
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # unknown names raise DatasetNotFoundError with a long listing
+    raise DatasetUnavailableError(f"TFDS dataset {name!r} is not known to tensorflow-datasets "
+                                  f"({type(e).__name__})") from None
+  if builder.is_prepared():
+    return builder
+  where = f"data_dir {data_dir or tfds.core.constants.DATA_DIR!r} (looked in {builder.data_dir})"
+  if not may_download:
+    raise DatasetUnavailableError(
+        f"TFDS dataset {name!r} is not prepared in {where} and nothing is downloaded. Prepare "
+        f"it where there is network (`tfds build {name} --data_dir=DIR`), then {how_to_point}")
+  if not _online():
+    raise DatasetUnavailableError(f"TFDS dataset {name!r} is not prepared in {where} and this "
+                                  "machine is offline, so it cannot be downloaded")
+  try:
+    builder.download_and_prepare()
+  except Exception as e:
+    raise DatasetUnavailableError(f"TFDS dataset {name!r} could not be downloaded into "
+                                  f"data_dir {builder.data_dir!r}: {e}") from None
+  return builder
+
+
 @SOURCES.register("tfds")
 def tfds_source(data_config) -> Dataset:
   """A TFDS dataset by name (``mnist``, ``cifar10``...) read from ``data_dir``.
@@ -84,27 +115,10 @@ def tfds_source(data_config) -> Dataset:
   --data_dir=DIR`` there and copy ``DIR`` over).
   """
   import tensorflow_datasets as tfds
-  name, data_dir = data_config.name, data_config.data_dir or None
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # unknown names raise DatasetNotFoundError with a long listing
-    raise DatasetUnavailableError(f"TFDS dataset {name!r} is not known to tensorflow-datasets "
-                                  f"({type(e).__name__})") from None
-  if not builder.is_prepared():
-    where = f"data_dir {data_dir or tfds.core.constants.DATA_DIR!r} (looked in {builder.data_dir})"
-    if not data_config.get("download", False):
-      raise DatasetUnavailableError(
-          f"TFDS dataset {name!r} is not prepared in {where} and "
-          "data.download=False. Prepare it where there is network (`tfds build "
-          f"{name} --data_dir=DIR`) and point data.data_dir at DIR, or set data.download=True.")
-    if not _online():
-      raise DatasetUnavailableError(f"TFDS dataset {name!r} is not prepared in {where} and this "
-                                    "machine is offline, so data.download=True cannot fetch it")
-    try:
-      builder.download_and_prepare()
-    except Exception as e:
-      raise DatasetUnavailableError(f"TFDS dataset {name!r} could not be downloaded into "
-                                    f"data_dir {builder.data_dir!r}: {e}") from None
+  name = data_config.name
+  builder = tfds_builder(name, data_config.data_dir or None, data_config.get("download", False),
+                         "point data.data_dir at DIR, or set data.download=True "
+                         "(data.download=False now).")
   keys = builder.info.supervised_keys
   if not keys:
     raise DatasetUnavailableError(f"TFDS dataset {name!r} has no supervised (input, label) keys")
