@@ -80,10 +80,6 @@ class FeatureDistillation:
   teacher_shapes: tuple[tuple[int, ...], ...]     # per pair, without the batch axis
   losses: tuple[tuple[str, float], ...]
 
-  @property
-  def needs_projection(self) -> bool:
-    return any(FEATURE_LOSSES.get(name).project for name, _ in self.losses)
-
   def loss(self, teacher_features: dict, student_features: dict,
            projections: dict) -> tuple[jnp.ndarray, dict]:
     """Sum over pairs and losses of weight * loss; also each loss's sum over pairs."""
@@ -134,6 +130,7 @@ def setup(features_config, teacher_apply: Callable, teacher_params: Any,
     FEATURE_LOSSES.get(name)        # unknown names fail here, listing the known ones
   shapes = lambda apply, p: jax.eval_shape(lambda q: capture(apply, q, sample_x)[1], p)
   t_feats, s_feats = shapes(teacher_apply, teacher_params), shapes(student_apply, student_params)
+  projected = any(FEATURE_LOSSES.get(name).project for name, _ in losses)
   pairs, t_shapes, projections = [], [], {}
   for i, (t_pattern, s_pattern) in enumerate(features_config.pairs):
     t_path = resolve(t_pattern, t_feats, "teacher")
@@ -141,7 +138,7 @@ def setup(features_config, teacher_apply: Callable, teacher_params: Any,
     t_shape, s_shape = t_feats[t_path].shape[1:], s_feats[s_path].shape[1:]
     pairs.append((t_path, s_path))
     t_shapes.append(tuple(t_shape))
-    if any(FEATURE_LOSSES.get(name).project for name, _ in losses):
+    if projected:
       p = init_projection(s_shape, t_shape, jax.random.fold_in(rng, i))
       if p is not None:
         projections[f"pair_{i}"] = p

@@ -24,7 +24,7 @@ import numpy as np
 from distill_jax import plots, recombine, sharding, train
 from distill_jax.checkpoint import Checkpointer
 from distill_jax.loop import MetricsWriter, fit
-from distill_jax.models.bert import BertConfig, build_encoder, init_params
+from distill_jax.models.bert import BertConfig, build_encoder, init_params, mean_pool
 from distill_jax.paths import count_params
 from distill_jax.recombine.accounting import format_accounting, write_accounting
 from distill_jax.text import minilm
@@ -130,7 +130,6 @@ def embedding_cache(workdir: str, teacher_cfg: BertConfig, teacher_params: Any,
 
   @jax.jit
   def pooled(params, batch):
-    from distill_jax.models.bert import mean_pool
     out = encoder.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                         batch["token_type_ids"])
     return mean_pool(out.last_hidden_state, batch["attention_mask"])

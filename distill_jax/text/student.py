@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from distill_jax.models.bert import BertConfig, init_params
 from distill_jax.paths import flatten
+from distill_jax.text.weights import expected_shapes
 
 CONFIG_FILE = "bert_config.json"
 PARAMS_DIR = "params"
@@ -63,8 +64,7 @@ def load_student(directory: str) -> tuple[Any, BertConfig]:
 
 
 def _check_fits(params: Any, config: BertConfig, what: str) -> None:
-  want = {k: tuple(v.shape) for k, v in
-          flatten(jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))).items()}
+  want = expected_shapes(config)
   got = {k: tuple(np.shape(v)) for k, v in flatten(params).items()}
   _raise_on_difference(got, want, what)
 
