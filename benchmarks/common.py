@@ -25,8 +25,16 @@ def dense_flops(hidden, batch=BATCH) -> float:
 
 
 def kd_step_flops(batch=BATCH, teacher_forward=True) -> float:
-  """Teacher forward + student forward and backward (backward = 2x forward)."""
+  """Model FLOPs (the MFU convention): teacher forward + student forward and backward, with
+  backward = 2x forward. The step executes about 10% fewer (:func:`executed_flops`): nothing
+  needs the gradient with respect to the input, so the first layer's backward is one matmul."""
   return (dense_flops(TEACHER, batch) if teacher_forward else 0.0) + 3 * dense_flops(STUDENT, batch)
+
+
+def executed_flops(jitted: Callable, *args) -> float:
+  """FLOPs that XLA's cost analysis counts for one call of ``jitted(*args)``, as compiled."""
+  cost = jitted.lower(*args).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
 def steps_per_second(step: Callable[[], object], seconds: float = 3.0, warmup: int = 5) -> float:
@@ -49,6 +57,35 @@ def matmul_flops_per_second(n: int = 2048, seconds: float = 3.0) -> float:
   f = jax.jit(lambda x: x @ x)
   rate = steps_per_second(lambda: f(a).block_until_ready(), seconds=seconds, warmup=2)
   return rate * 2.0 * n ** 3
+
+
+def step_matmuls(batch=BATCH) -> list[tuple[str, Callable, tuple, tuple, float]]:
+  """The matmuls one KD step of the pair executes, as (name, f, lhs shape, rhs shape, FLOPs):
+  teacher and student forward, the student's weight gradients (which contract over the
+  batch) and its input gradients (none for the first layer: nothing needs d loss / d x).
+  Each multiplies a batch x a by an a x b matrix in some layout: 2 * batch * a * b FLOPs."""
+  out = []
+  for who, hidden in (("teacher", TEACHER), ("student", STUDENT)):
+    dims = (INPUT,) + tuple(hidden) + (CLASSES,)
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+      flops = 2.0 * batch * a * b
+      out.append((f"{who} forward {batch}x{a} @ {a}x{b}", lambda x, w: x @ w, (batch, a),
+                  (a, b), flops))
+      if who == "student":
+        out.append((f"student weight grad {a}x{batch} @ {batch}x{b}", lambda x, g: x.T @ g,
+                    (batch, a), (batch, b), flops))
+        if i:
+          out.append((f"student input grad {batch}x{b} @ {b}x{a}", lambda g, w: g @ w.T,
+                      (batch, b), (a, b), flops))
+  return out
+
+
+def matmul_seconds(f: Callable, lhs: tuple, rhs: tuple, seconds: float = 0.5) -> float:
+  """Seconds per call of the jitted ``f`` on random float32 operands of these shapes."""
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (lhs, rhs))
+  g = jax.jit(f)
+  return 1.0 / steps_per_second(lambda: g(a, b).block_until_ready(), seconds=seconds, warmup=2)
 
 
 def synthetic_batch(seed=0, batch=BATCH):

@@ -27,8 +27,8 @@ from distill_jax.checkpoint import Checkpointer  # noqa: E402
 from distill_jax.loop import MetricsWriter, fit  # noqa: E402
 
 
-def jax_step() -> Callable[[], None]:
-  """One blocking distill_jax KD step (compiled on first call)."""
+def jax_step() -> tuple[Callable[[], None], float]:
+  """One blocking distill_jax KD step (compiled on first call), and the FLOPs it executes."""
   step, state, tparams, _ = common.jax_kd_step()
   batch = jax.device_put(common.synthetic_batch())
   holder = {"state": state}
@@ -36,7 +36,7 @@ def jax_step() -> Callable[[], None]:
   def run():
     holder["state"], metrics = step(holder["state"], batch, tparams)
     metrics["loss"].block_until_ready()
-  return run
+  return run, common.executed_flops(step, state, batch, tparams)
 
 
 def epoch_vs_step(run_step: Callable[[], None], num_examples: int = 60_000,
@@ -66,7 +66,28 @@ def epoch_vs_step(run_step: Callable[[], None], num_examples: int = 60_000,
       if r:
         loop_rates.append(n / elapsed)
         step_rates.append(common.steps_per_second(run_step, seconds=elapsed, warmup=1))
-  return loop_rates, step_rates, steps
+    # What one of the loop's saves costs (the student state: params and Adam moments).
+    ckpt, saves = Checkpointer(os.path.join(workdir, "saves")), []
+    placed = sharding.place(state, shardings, copy=True)
+    for i in range(6):
+      start = time.perf_counter()
+      ckpt.save(placed.replace(step=placed.step + i), {})
+      ckpt.wait()
+      saves.append(time.perf_counter() - start)
+    ckpt.close()
+  return loop_rates, step_rates, steps, float(np.median(saves[1:]))
+
+
+def matmul_anatomy(ceiling: float, step_rate: float) -> list[str]:
+  """Lines that time each matmul of the step alone, against the ceiling and the step time."""
+  lines, total = [], 0.0
+  for name, f, lhs, rhs, flops in common.step_matmuls():
+    t = common.matmul_seconds(f, lhs, rhs)
+    total += t
+    lines.append(f"  {name}: {t * 1e3:.2f} ms, {flops / t / ceiling:.2f} of the ceiling")
+  lines.append(f"  sum of the step's matmuls timed alone: {total * 1e3:.1f} ms of the "
+               f"{1e3 / step_rate:.1f} ms step (the rest: Adam, activations, softmax, dispatch)")
+  return lines
 
 
 def torch_step(threads: int) -> Callable[[], None]:
@@ -108,7 +129,7 @@ def torch_step(threads: int) -> Callable[[], None]:
 def main(rounds: int = 5):
   threads = os.cpu_count()
   print(f"machine: {threads} CPU threads, {jax.devices()[0].device_kind}, jax {jax.__version__}")
-  run_jax = jax_step()
+  run_jax, executed = jax_step()
   try:
     run_torch = torch_step(threads)
   except ImportError:
@@ -121,15 +142,21 @@ def main(rounds: int = 5):
     time.sleep(0.5)   # let torch's OpenMP threads (which spin after work) and XLA's settle
     torch_rates.append(common.steps_per_second(run_torch, seconds=2.0))
     time.sleep(0.5)
-  loop_rates, step_rates, epoch_steps = epoch_vs_step(run_jax)
+  loop_rates, step_rates, epoch_steps, save = epoch_vs_step(run_jax)
+  anatomy = matmul_anatomy(float(np.median(ceilings)), float(np.median(jax_rates)))
   loop_ratio = float(np.median(np.array(loop_rates) / np.array(step_rates)))
   jax_rate, torch_rate = float(np.median(jax_rates)), float(np.median(torch_rates))
   ratio = float(np.median(np.array(jax_rates) / np.array(torch_rates)))
   flops = common.kd_step_flops()
-  fraction = float(np.median(np.array(jax_rates) * flops / np.array(ceilings)))
+  of_ceiling = lambda rates, f: float(np.median(np.array(rates) * f / np.array(ceilings)))
+  fraction = of_ceiling(jax_rates, flops)
+  # What bounds the speedup on this machine: a step that executed its FLOPs at the matmul
+  # ceiling would be 1 / (PyTorch's fraction of the ceiling, by the same FLOPs) times faster.
+  torch_executed = of_ceiling(torch_rates, executed)
   print(f"matmul ceiling (2048^2 float32, XLA), {rounds} rounds: "
         + ", ".join(f"{c / 1e9:.1f}" for c in ceilings) + " GFLOP/s")
-  print(f"KD step FLOPs: {flops / 1e9:.3f} GFLOP (teacher forward + student forward/backward)")
+  print(f"KD step FLOPs: {flops / 1e9:.3f} GFLOP model (teacher forward + student forward, "
+        f"backward = 2x forward), {executed / 1e9:.3f} GFLOP executed (XLA cost analysis)")
   print(f"distill_jax step, {rounds} rounds: " + ", ".join(f"{r:.1f}" for r in jax_rates)
         + f" steps/s; median {jax_rate:.1f} = {jax_rate * flops / 1e9:.1f} GFLOP/s")
   print(f"pytorch eager step, {rounds} rounds: " + ", ".join(f"{r:.1f}" for r in torch_rates)
@@ -137,8 +164,14 @@ def main(rounds: int = 5):
   print(f"distill_jax epoch ({epoch_steps} steps through loop.fit), 3 rounds: "
         + ", ".join(f"{r:.1f}" for r in loop_rates) + " steps/s; bare step right after each: "
         + ", ".join(f"{r:.1f}" for r in step_rates) + " steps/s")
+  print(f"one asynchronous checkpoint of the student state, save + wait: {save * 1e3:.0f} ms")
+  print("the step's matmuls, each timed alone:")
+  print("\n".join(anatomy))
   print(f"speedup vs pytorch eager (median of per-round ratios): {ratio:.2f}x")
-  print(f"fraction of matmul ceiling (median of per-round ratios): {fraction:.2f}")
+  print(f"by executed FLOPs: distill_jax {of_ceiling(jax_rates, executed):.2f}, pytorch eager "
+        f"{torch_executed:.2f} of the matmul ceiling; a step at the ceiling would be "
+        f"{1 / torch_executed:.2f}x pytorch (1.3x needs {1.3 * torch_executed:.2f} of it)")
+  print(f"fraction of matmul ceiling (model FLOPs, median of per-round ratios): {fraction:.2f}")
   print(f"epoch / step-only throughput (median of per-round ratios): {loop_ratio:.2f}")
 
 
