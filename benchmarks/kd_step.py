@@ -9,6 +9,10 @@ full training loop (input pipeline from host memory, step, metric logging every 
 asynchronous Orbax checkpoints every 200 steps and at the end) against the bare step run
 for as long right after each epoch (this VM's speed drifts by +-15% over seconds, so every
 ratio compares neighbours in time).
+
+What bounds the ratios is printed too: the FLOPs XLA executes beside the model FLOPs (the
+MFU convention), PyTorch's fraction of the ceiling (so the speedup a step at the ceiling would
+reach), each of the step's matmuls timed alone, and what one checkpoint save costs.
 """
 import os
 import sys
