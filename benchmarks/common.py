@@ -4,18 +4,20 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from distill_jax import models, train
+from distill_jax import losses, models, train
 
 TEACHER = (1200, 1200)     # 784-1200-1200-10
 STUDENT = (800, 800)       # 784-800-800-10
 INPUT, CLASSES, BATCH = 784, 10, 256
 
 
+HINTON = (("kd", 0.9, {"temperature": 4.0}), ("ce", 0.1, {}))
+
+
 def mlp(hidden):
-  return models.build(ml_collections.ConfigDict({"name": "mlp", "hidden": hidden}), CLASSES)
+  return models.build({"name": "mlp", "hidden": hidden}, {"num_classes": CLASSES})
 
 
 def dense_flops(hidden, batch=BATCH) -> float:
@@ -95,27 +97,52 @@ def synthetic_batch(seed=0, batch=BATCH):
 
 
 def jax_kd_step(teacher_forward=True):
-  """The jitted distill_jax KD step on one device, its state and teacher params."""
+  """The jitted distill_jax KD step on one device, its state, teacher params and models."""
   teacher, student = mlp(TEACHER), mlp(STUDENT)
-  tparams = train.init_params(teacher, (INPUT,), jax.random.PRNGKey(0))
-  sparams = train.init_params(student, (INPUT,), jax.random.PRNGKey(1))
-  state = train.create_state(student, sparams, train.make_optimizer(1e-3, 10_000),
-                             jax.random.PRNGKey(2))
-  step = train.make_train_step(student.apply, teacher.apply if teacher_forward else None,
-                               temperature=4.0, alpha=0.9)
-  return jax.jit(step, donate_argnums=(0,)), state, tparams, teacher
+  example = synthetic_batch(batch=2)
+  tparams = teacher.init(jax.random.PRNGKey(0), example)
+  sparams = student.init(jax.random.PRNGKey(1), example)
+  state = train.TrainState.create(sparams, train.make_optimizer(1e-3, 10_000),
+                                  jax.random.PRNGKey(2))
+  step = train.make_train_step(student, losses.bind(HINTON, "terms"),
+                               teacher if teacher_forward else None)
+  return jax.jit(step, donate_argnums=(0,)), state, tparams, teacher, student
 
 
-def epoch_setup(num_examples: int = 60_000):
-  """MNIST-sized synthetic training data (num_examples x 784) on a 1-device mesh, the pair's
-  initial student state and teacher: (dataset, steps per epoch, mesh, state, teacher params,
-  teacher module)."""
-  from distill_jax import data as data_lib, sharding
-  from distill_jax.data.dataset import Dataset
+def epoch_run(workdir: str, num_examples: int = 60_000, **overrides):
+  """A :class:`runner.Run` over MNIST-sized synthetic data (num_examples x 784) on one device,
+  with the benchmark's recipe (batch 256, logging every 10 steps, checkpoints every 200)."""
+  import dataclasses
+  import os
+  from distill_jax import runner
+  from distill_jax.config import apply_overrides, defaults
+  from distill_jax.loop import MetricsWriter
+  from distill_jax.data import Dataset
+  from distill_jax.tasks.classification import as_task_data
   rng = np.random.default_rng(0)
-  ds = Dataset("synthetic", rng.normal(size=(num_examples, INPUT)).astype(np.float32),
-               rng.integers(0, CLASSES, num_examples).astype(np.int32),
-               np.zeros((1, INPUT), np.float32), np.zeros(1, np.int32), CLASSES)
-  _, state, tparams, teacher = jax_kd_step()
-  return (ds, data_lib.steps_per_epoch(num_examples, BATCH), sharding.make_mesh(), state,
-          tparams, teacher)
+  data = as_task_data(Dataset("synthetic", rng.normal(size=(num_examples, INPUT)).astype(np.float32),
+                              rng.integers(0, CLASSES, num_examples).astype(np.int32),
+                              np.zeros((1, INPUT), np.float32), np.zeros(1, np.int32), CLASSES),
+                      {"source": "synthetic"})
+  config = apply_overrides(defaults(), {
+      "batch_size": BATCH, "log_every": 10, "checkpoint_every": 200, "mesh": {"data": 1},
+      "student.steps": num_examples // BATCH, "student.mixup": 0.0, "distill.terms": HINTON,
+      **overrides})
+  run = runner.start(config, workdir, data, metrics=False)
+  # metrics.jsonl without TensorBoard (whose first write imports TensorFlow: seconds)
+  return dataclasses.replace(run, writer=MetricsWriter(os.path.join(workdir, "metrics.jsonl")))
+
+
+def epoch_steps_per_second(run, phase: str, student, params, tparams, teacher) -> float:
+  """One epoch of ``phase`` through ``runner.train_phase``; steps per second from the first
+  logged step (compilation done) to the end (checkpoint writes included)."""
+  import json
+  import os
+  import time
+  from distill_jax import runner
+  runner.train_phase(run, phase, student, params, run.config.student, run.config.distill.terms,
+                     (teacher, tparams))
+  end = time.time()
+  with open(os.path.join(run.workdir, "metrics.jsonl")) as f:
+    records = [r for r in map(json.loads, f) if r["phase"] == phase and r["split"] == "train"]
+  return (run.config.student.steps - records[0]["step"]) / (end - records[0]["time"])

@@ -21,8 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from distill_jax import models  # noqa: E402
+from distill_jax.checkpoint import load_export_params, read_export_meta  # noqa: E402
 from distill_jax.text import minilm  # noqa: E402
-from distill_jax.text.student import load_text_model  # noqa: E402
+from distill_jax.text.tokenize import TextTokenizer  # noqa: E402
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
                        "fixtures", "minilm_sentences.txt")
@@ -43,9 +45,16 @@ def load_sentences(data: str | None, limit: int) -> tuple[list[str], str]:
 
 
 def jax_encoder(spec: str, batch_size: int, max_length: int) -> Callable[[list[str]], np.ndarray]:
-  config, params, tokenizer = load_text_model(spec)
+  """``minilm`` (the packaged teacher) or a student's export directory."""
+  model_config, params, tokenizer_file = minilm.load_minilm()
+  tokenizer = TextTokenizer(tokenizer_file)
+  if spec != "minilm":
+    model_config = read_export_meta(spec)["model"]
+    params = load_export_params(spec, models.build(model_config, {}),
+                                tokenizer.encode(["an example"], 16))
+  model = models.build(model_config, {})
   params = jax.device_put(params)
-  return lambda s: minilm.embed(params, config, tokenizer, s, batch_size, max_length)
+  return lambda s: minilm.embed(model, params, tokenizer, s, batch_size, max_length)
 
 
 def torch_encoder(threads: int, batch_size: int, max_length: int) -> Callable[[list[str]], np.ndarray]:
@@ -77,7 +86,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data", default=None, help="an STS-benchmark CSV")
-  parser.add_argument("--student", default=None, help="a saved student or HF folder to time too")
+  parser.add_argument("--student", default=None, help="a student export directory (WORKDIR/student/export) to time too")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--max_length", type=int, default=256)
   parser.add_argument("--limit", type=int, default=1000, help="at most this many sentences (0: all)")

@@ -4,11 +4,11 @@ r"""KD step throughput: distill_jax (XLA) vs the same step in PyTorch eager, on 
 
 Teacher 784-1200-1200-10, student 784-800-800-10, batch 256, float32, Adam, T=4, alpha=0.9,
 all measured in one process on the same threads. Also: the step's achieved FLOP/s against
-this machine's measured dense matmul FLOP/s (the practical ceiling), and epochs of the
-full training loop (input pipeline from host memory, step, metric logging every 10 steps,
-asynchronous Orbax checkpoints every 200 steps and at the end) against the bare step run
-for as long right after each epoch (this VM's speed drifts by +-15% over seconds, so every
-ratio compares neighbours in time).
+this machine's measured dense matmul FLOP/s (the practical ceiling), and epochs through the
+runner (``runner.train_phase``: input from host memory, step, metric logging every 10 steps,
+asynchronous Orbax checkpoints every 200 steps and at the end; timed from the first logged
+step, after compilation) against the bare step run right after each epoch (this VM's speed
+drifts by +-15% over seconds, so every ratio compares neighbours in time).
 
 What bounds the ratios is printed too: the FLOPs XLA executes beside the model FLOPs (the
 MFU convention), PyTorch's fraction of the ceiling (so the speedup a step at the ceiling would
@@ -26,14 +26,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from distill_jax import data as data_lib, sharding  # noqa: E402
 from distill_jax.checkpoint import Checkpointer  # noqa: E402
-from distill_jax.loop import MetricsWriter, fit  # noqa: E402
 
 
 def jax_step() -> tuple[Callable[[], None], float]:
   """One blocking distill_jax KD step (compiled on first call), and the FLOPs it executes."""
-  step, state, tparams, _ = common.jax_kd_step()
+  step, state, tparams, *_ = common.jax_kd_step()
   batch = jax.device_put(common.synthetic_batch())
   holder = {"state": state}
 
@@ -43,33 +41,21 @@ def jax_step() -> tuple[Callable[[], None], float]:
   return run, common.executed_flops(step, state, batch, tparams)
 
 
-def epoch_vs_step(run_step: Callable[[], None], num_examples: int = 60_000,
-                  rounds: int = 3) -> tuple[list[float], list[float], int]:
-  """Alternate one epoch through ``loop.fit`` (MNIST-sized synthetic data from host memory,
-  logging every 10 steps, async checkpoints every 200 steps and at the end, which the epoch
-  waits for) with an equally long window of the bare step; returns both rates per round."""
-  ds, steps, mesh, state, tparams, teacher = common.epoch_setup(num_examples)
-  from distill_jax import train
-  student = common.mlp(common.STUDENT)
-  step = train.make_train_step(student.apply, teacher.apply, temperature=4.0, alpha=0.9)
-  shardings = sharding.tree_shardings(state, sharding.REPLICATED, mesh)
-  jitted = train.jit_train_step(step, mesh, shardings)
-  batch_fn = lambda i: data_lib.train_batch(ds, common.BATCH, 0, i)
+def epoch_vs_step(run_step: Callable[[], None], rounds: int = 3) -> tuple[list, list, int, float]:
+  """Alternate one epoch through ``runner.train_phase`` (MNIST-sized synthetic data from host
+  memory, logging every 10 steps, async checkpoints every 200 steps and at the end, which the
+  epoch waits for) with an equally long window of the bare step; returns both rates per
+  round, the epoch's steps and what one checkpoint save costs."""
+  _, state, tparams, teacher, student = common.jax_kd_step()
   loop_rates, step_rates = [], []
   with tempfile.TemporaryDirectory() as workdir:
-    for r in range(rounds + 1):              # round 0 compiles
-      n = steps if r else 3
-      ckpt = Checkpointer(os.path.join(workdir, f"epoch{r}"))
+    for r in range(rounds):
+      run = common.epoch_run(os.path.join(workdir, f"epoch{r}"))
       start = time.perf_counter()
-      fit(phase="epoch", state=state, step_fn=jitted, batch_size=common.BATCH, num_steps=n,
-          batch_fn=batch_fn, mesh=mesh, state_shardings=shardings, checkpointer=ckpt,
-          teacher_params=tparams, writer=MetricsWriter(os.path.join(workdir, "metrics.jsonl")),
-          log_every=10, checkpoint_every=200)
+      loop_rates.append(common.epoch_steps_per_second(run, "student", student, state.params,
+                                                      tparams, teacher))
       elapsed = time.perf_counter() - start
-      ckpt.close()
-      if r:
-        loop_rates.append(n / elapsed)
-        step_rates.append(common.steps_per_second(run_step, seconds=elapsed, warmup=1))
+      step_rates.append(common.steps_per_second(run_step, seconds=elapsed / 2, warmup=1))
     # What one of the loop's saves costs (the student state: params and Adam moments).
     ckpt, saves = Checkpointer(os.path.join(workdir, "saves")), []
     for i in range(6):
@@ -78,7 +64,7 @@ def epoch_vs_step(run_step: Callable[[], None], num_examples: int = 60_000,
       ckpt.wait()
       saves.append(time.perf_counter() - start)
     ckpt.close()
-  return loop_rates, step_rates, steps, float(np.median(saves[1:]))
+  return loop_rates, step_rates, run.config.student.steps, float(np.median(saves[1:]))
 
 
 def matmul_anatomy(ceiling: float, step_rate: float) -> list[str]:
@@ -164,7 +150,8 @@ def main(rounds: int = 5):
         + f" steps/s; median {jax_rate:.1f} = {jax_rate * flops / 1e9:.1f} GFLOP/s")
   print(f"pytorch eager step, {rounds} rounds: " + ", ".join(f"{r:.1f}" for r in torch_rates)
         + f" steps/s; median {torch_rate:.1f}")
-  print(f"distill_jax epoch ({epoch_steps} steps through loop.fit), 3 rounds: "
+  print(f"distill_jax epoch ({epoch_steps} steps through runner.train_phase, from the first "
+        "logged step), 3 rounds: "
         + ", ".join(f"{r:.1f}" for r in loop_rates) + " steps/s; bare step right after each: "
         + ", ".join(f"{r:.1f}" for r in step_rates) + " steps/s")
   print(f"one asynchronous checkpoint of the student state, save + wait: {save * 1e3:.0f} ms")

@@ -20,21 +20,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from distill_jax import sharding, train  # noqa: E402
+from distill_jax import losses, sharding, train  # noqa: E402
 
 
 def step_rate(devices: list, per_device_batch: int) -> float:
-  _, state, tparams, teacher = common.jax_kd_step()
-  student = common.mlp(common.STUDENT)
+  _, state, tparams, teacher, student = common.jax_kd_step()
   mesh = sharding.make_mesh({"data": len(devices)}, devices)
   shardings = sharding.tree_shardings(state, sharding.REPLICATED, mesh)
-  step = train.make_train_step(student.apply, teacher.apply, temperature=4.0, alpha=0.9)
+  step = train.make_train_step(student, losses.bind(common.HINTON, "terms"), teacher)
   jitted = train.jit_train_step(step, mesh, shardings)
   holder = {"state": sharding.place(state, shardings, copy=True)}
   tp = sharding.place(tparams, sharding.replicated(mesh))
   batch = sharding.shard_batch(common.synthetic_batch(batch=per_device_batch * len(devices)), mesh)
 
-  def run():   # waits on every step: queued multi-device CPU steps can deadlock (PITFALLS)
+  def run():   # waits on every step: queued multi-device CPU steps can deadlock (docs/pitfalls.md)
     holder["state"], metrics = jitted(holder["state"], batch, tp)
     metrics["loss"].block_until_ready()
   return common.steps_per_second(run, seconds=3.0)

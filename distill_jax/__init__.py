@@ -2,3 +2,5 @@
 
 Every stage is a plain function over parameter pytrees; see README.md for the data flow.
 """
+# Where the project lives; the notebooks install it from here in Colab (tests check they agree).
+REPOSITORY = "https://github.com/distill-jax/distill_jax"

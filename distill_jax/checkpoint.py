@@ -1,9 +1,11 @@
-"""Orbax checkpoints of a training phase: params, optimizer state, step, key, data position.
+"""Persistence: Orbax checkpoints of a training phase, and the one export format.
 
-Params are their own Orbax item so a later run (or another project) can restore just the
-weights, e.g. a teacher: ``restore_params(dir, template)``. Restores always go through an
-abstract target (shapes, dtypes, shardings), which is what keeps optax's state types intact.
+Checkpoints (``WORKDIR/<phase>/checkpoints/<step>/``): ``params``, ``train`` (optimizer state,
+projections, step, key), ``meta`` (the data position), always restored through an abstract
+target. Exports (``WORKDIR/<phase>/export/``): ``model.json`` (registry name, fields, data info)
+and ``params/``, plus a family's standard layout; teacher loaders and evaluators read them.
 """
+import json
 import logging
 import os
 import shutil
@@ -15,24 +17,45 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from distill_jax import features
+from distill_jax import sharding
+from distill_jax.errors import InputError, MissingInput
+from distill_jax.files import write_json
 from distill_jax.paths import flatten
-from distill_jax.train import TrainState
+
+MODEL_FILE, PARAMS_DIR = "model.json", "params"
 
 
-def _abstract(tree: Any) -> Any:
+def abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _split(params: Any) -> tuple[Any, dict]:
-  """(the student alone, extras): a feature projection is training state, not model weights,
-  so it is saved with the optimizer state and the ``params`` item stays exportable."""
-  student = features.student_params(params)
-  return student, ({} if student is params else {"projection": params[features.PROJECTION]})
+def check_shapes(saved: dict, wanted: dict, where: str) -> None:
+  """Raise naming every path that is missing, extra or of another shape (``{path: shape}``)."""
+  problems = [f"{k}: missing" for k in sorted(set(wanted) - set(saved))]
+  problems += [f"{k}: not a parameter of the model" for k in sorted(set(saved) - set(wanted))]
+  problems += [f"{k}: saved {saved[k]} vs model {wanted[k]}" for k in sorted(set(saved) & set(wanted))
+               if tuple(saved[k]) != tuple(wanted[k])]
+  if problems:
+    raise InputError(f"{where} does not fit the model: " + "; ".join(problems) + ". Use the "
+                     "config it was written with, or another workdir.")
+
+
+def shapes(tree: Any) -> dict:
+  return {k: tuple(np.shape(v)) for k, v in flatten(tree).items() if hasattr(v, "shape")}
+
+
+def _saved_shapes(read_metadata) -> Optional[dict]:
+  """``{path: shape}`` from Orbax item metadata, None when it cannot be read."""
+  try:
+    metadata = read_metadata()
+    tree = getattr(metadata, "item_metadata", None) or getattr(metadata, "tree", None) or metadata
+    return shapes(dict(tree))
+  except Exception:   # unreadable metadata: the restore will find the damage and report it
+    return None
 
 
 class Checkpointer:
-  """A ``CheckpointManager`` in ``directory`` that saves and restores a :class:`TrainState`."""
+  """A ``CheckpointManager`` in ``directory`` that saves and restores a ``TrainState``."""
 
   def __init__(self, directory: str, max_to_keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(directory)
@@ -48,40 +71,36 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def save(self, state: TrainState, meta: dict) -> None:
+  @staticmethod
+  def _train_item(state) -> dict:
+    return {"opt_state": state.opt_state, "step": state.step, "rng": state.rng,
+            "projections": state.projections}
+
+  def save(self, state, meta: dict) -> None:
     step = int(jax.device_get(state.step))
-    student, extras = _split(state.params)
     self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(student),
-        train=ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step,
-                                     "rng": state.rng, **extras}),
+        params=ocp.args.StandardSave(state.params),
+        train=ocp.args.StandardSave(self._train_item(state)),
         meta=ocp.args.JsonSave(dict(meta, step=step))), force=True)
 
-  def restore(self, template: TrainState) -> Optional[tuple[TrainState, dict]]:
-    """Restore the newest good checkpoint into ``template``'s structure (None if there is none).
-
-    A checkpoint that cannot be read (truncated or missing files, a different tree structure)
-    is reported, moved aside untouched to ``<dir>/damaged/<step>``, and the next older one is
-    tried. A checkpoint of the same structure but other shapes means the config changed: that
-    is an error naming the paths and shapes, and nothing is moved.
-    """
-    student, extras = _split(template.params)
-    train = {"opt_state": template.opt_state, "step": template.step, "rng": template.rng,
-             **extras}
+  def restore(self, template) -> Optional[tuple[Any, dict]]:
+    """The newest good checkpoint restored into ``template``'s structure (None: none). One
+    that cannot be read is moved aside untouched to ``<dir>/damaged/<step>`` and the previous
+    one tried; one of the same paths but other shapes is an error naming them (nothing moved)."""
     for step in sorted(self.manager.all_steps(), reverse=True):
-      check_shapes(self.manager, step, student, self.directory)
+      saved = _saved_shapes(lambda: self.manager.item_metadata(step)["params"])
+      wanted = shapes(template.params)
+      if saved is not None and set(saved) == set(wanted):
+        check_shapes(saved, wanted, f"checkpoint step {step} in {self.directory}")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(student)),
-            train=ocp.args.StandardRestore(_abstract(train)),
+            params=ocp.args.StandardRestore(abstract(template.params)),
+            train=ocp.args.StandardRestore(abstract(self._train_item(template))),
             meta=ocp.args.JsonRestore()))
       except Exception as e:  # orbax/tensorstore raise many types for damaged files
         self._set_aside(step, e)
         continue
-      saved = dict(restored.train)
-      params = (features.wrap(restored.params, saved.pop("projection")) if extras
-                else restored.params)
-      state = template.replace(params=params, **saved)
+      state = template.replace(params=restored.params, **restored.train)
       logging.info("restored %s step %d", self.directory, step)
       return state, dict(restored.meta)
     return None
@@ -106,49 +125,44 @@ class Checkpointer:
     self.manager.close()
 
 
-def check_shapes(manager: ocp.CheckpointManager, step: int, template: Any, where: str) -> None:
-  """Raise if checkpoint ``step``'s params have the template's paths but other shapes."""
-  try:
-    meta = manager.item_metadata(step)["params"]
-  except Exception:   # unreadable metadata: the restore will find the damage and report it
-    return
-  if meta is None:
-    return
-  saved = {k: tuple(v.shape) for k, v in flatten(getattr(meta, "tree", meta)).items()
-           if hasattr(v, "shape")}
-  wanted = {k: tuple(np.shape(v)) for k, v in flatten(template).items()}
-  if set(saved) != set(wanted):
-    return            # another tree structure: treated as damage by the caller's restore
-  wrong = {k: (saved[k], wanted[k]) for k in wanted if saved[k] != wanted[k]}
-  if wrong:
-    detail = "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, (a, b) in sorted(wrong.items()))
-    raise ValueError(f"checkpoint step {step} in {where} does not fit the model: {detail}. "
-                     "Use the config the checkpoint was written with, or another workdir.")
+def save_export(directory: str, model, params: Any, info: dict, example: dict) -> str:
+  """Write ``model.json`` and ``params/`` into ``directory`` (replacing an earlier export);
+  ``info`` is what the data said (``num_classes``...), ``example`` a batch the model reads.
+  Every process calls it (Orbax coordinates the hosts); process 0 writes the JSON."""
+  directory = os.path.abspath(directory)
+  check_shapes(shapes(params), shapes(jax.eval_shape(model.init, jax.random.PRNGKey(0), example)),
+               f"params of {directory}")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(directory, PARAMS_DIR), params, force=True)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  if jax.process_index() == 0:
+    write_json(os.path.join(directory, MODEL_FILE), {"model": model.config, "info": dict(info)})
+  return directory
 
 
-def _params_manager(directory: str) -> tuple[ocp.CheckpointManager, int]:
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"teacher.checkpoint: checkpoint directory {directory!r} does not exist")
-  manager = ocp.CheckpointManager(os.path.abspath(directory),
-                                  item_handlers={"params": ocp.StandardCheckpointHandler()})
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"teacher.checkpoint: no checkpoint found in {directory!r}")
-  return manager, step
+def read_export_meta(directory: str) -> dict:
+  """``{"model": {...}, "info": {...}}`` of an export directory."""
+  path = os.path.join(directory, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise MissingInput(f"{directory!r} is not an export: no {MODEL_FILE}")
+  with open(path) as f:
+    return json.load(f)
 
 
-def check_params(directory: str, template: Any) -> None:
-  """Raise (naming paths and shapes) if the newest checkpoint's params do not fit ``template``."""
-  manager, step = _params_manager(directory)
-  check_shapes(manager, step, template, directory)
-  manager.close()
-
-
-def restore_params(directory: str, template: Any) -> Any:
-  """The ``params`` item of the newest checkpoint in a distill_jax checkpoint directory."""
-  manager, step = _params_manager(directory)
-  check_shapes(manager, step, template, directory)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_abstract(template))))
-  manager.close()
-  return restored.params
+def load_export_params(directory: str, model, example: dict) -> Any:
+  """The params of an export, restored into ``model``'s shapes (checked first)."""
+  # Replicated over this machine's devices, whatever mesh the export was written from.
+  where_to = sharding.replicated(sharding.make_mesh())
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where_to),
+                        jax.eval_shape(model.init, jax.random.PRNGKey(0), example))
+  where = os.path.join(os.path.abspath(directory), PARAMS_DIR)
+  if not os.path.isdir(where):
+    raise MissingInput(f"export {directory!r} has no {PARAMS_DIR}/")
+  checkpointer = ocp.StandardCheckpointer()
+  saved = _saved_shapes(lambda: checkpointer.metadata(where))
+  if saved is not None:
+    check_shapes(saved, shapes(target), f"export {directory!r}")
+  params = checkpointer.restore(where, target)
+  checkpointer.close()
+  return params

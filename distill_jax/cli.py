@@ -1,8 +1,9 @@
-"""The command-line shell shared by ``distill_jax.main`` and ``distill_jax.search``.
+"""The command-line shell and error policy of every command.
 
-``--config=configs/x.py[:arg] --workdir=DIR [--config.a.b=value ...]`` (absl flags plus
-ml_collections config_flags, config locked). A config override that names no key, or a bad
-value, stops the program with one line naming it (exit status 2), before anything is written.
+``--config=configs/x.py[:arg] [--config.a.b=value ...]`` and ``--workdir=DIR``. Bad input (an
+``InputError``) is one ``FATAL:`` line, exit 2, before anything is written; any other exception
+is a bug and keeps its traceback (console and ``WORKDIR/log.txt``), exit 1. Exit 3: a
+non-finite loss; 143: stopped by SIGTERM after saving a checkpoint.
 """
 import contextlib
 import fcntl
@@ -11,6 +12,7 @@ import os
 import re
 import socket
 import sys
+import traceback
 from typing import Callable, Iterator, Optional
 
 import jax
@@ -19,7 +21,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from distill_jax import distributed
-from distill_jax.data.sources import DatasetUnavailableError
+from distill_jax.errors import InputError
 from distill_jax.loop import Preempted
 
 FLAGS = flags.FLAGS
@@ -46,47 +48,48 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:  # ml_collections: an override names no config key
     print(f"FATAL config error: {unknown_key_message(e, argv)}", file=sys.stderr)
     sys.exit(2)
-  except flags.Error as e:
+  except (flags.Error, ValueError) as e:   # ValueError: a config file refused its argument
     print(f"FATAL flags parsing error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
-class WorkdirBusy(RuntimeError):
+class WorkdirBusy(InputError):
   """Another run holds the workdir's lock."""
 
 
-# Errors that bad input raises: one line, no traceback (the traceback goes to the log).
-INPUT_ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, DatasetUnavailableError,
-                WorkdirBusy)
-
-
-def run(job: Callable[..., object], workdir_help: str,
-        validate: Optional[Callable[[object], object]] = None) -> None:
-  """Define ``--config`` and ``--workdir`` and run ``job(config, workdir[, checked])``.
-
-  ``validate(config)`` runs first, before anything is written to the workdir; what it returns
-  is passed on to the job. Exit status: 2 for bad input, 3 for a non-finite loss, 143 when
-  SIGTERM stopped the run after saving a checkpoint.
-  """
-  config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, workdir_help)
-  flags.mark_flags_as_required(["config", "workdir"])
+def run(job: Callable[..., object], workdir_help: Optional[str] = None,
+        check: Optional[Callable[[object], object]] = None, config: bool = True) -> None:
+  """Run ``job(config, workdir, checked)`` (only the arguments this command has) under the
+  error policy. ``check(config)`` runs first, before anything is written; a command with a
+  workdir holds its lock and logs to ``WORKDIR/log.txt``."""
+  if config:
+    config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                    lock_config=True)
+    flags.mark_flag_as_required("config")
+  if workdir_help:
+    flags.DEFINE_string("workdir", None, workdir_help)
+    flags.mark_flag_as_required("workdir")
 
   def main(argv):
     del argv
     absl_logging.get_absl_handler().setLevel(logging.WARNING)
+    workdir = FLAGS.workdir if workdir_help else None
     try:
-      distributed.initialize(FLAGS.config)   # before anything touches a device
-      checked = validate(FLAGS.config) if validate else None
-      with workdir_lock(FLAGS.workdir):
-        # The console shows progress and results; the full log (every partition match
-        # included) goes to WORKDIR/log.txt.
-        handler = logging.FileHandler(os.path.join(FLAGS.workdir, "log.txt"))
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-        logging.getLogger().setLevel(logging.INFO)
-        job(FLAGS.config, FLAGS.workdir, *([checked] if validate else []))
+      if config:
+        distributed.initialize(FLAGS.config)   # before anything touches a device
+      args = [FLAGS.config] if config else []
+      checked = check(FLAGS.config) if check else None
+      with (workdir_lock(workdir) if workdir else contextlib.nullcontext()):
+        if workdir:
+          # The console shows progress and results; the full log (every partition match
+          # included) goes to WORKDIR/log.txt.
+          handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
+          handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: "
+                                                 "%(message)s"))
+          logging.getLogger().addHandler(handler)
+          logging.getLogger().setLevel(logging.INFO)
+          args.append(workdir)
+        job(*args, *([checked] if check else []))
     except Preempted as e:
       print(str(e), file=sys.stderr)
       sys.exit(143)
@@ -94,11 +97,14 @@ def run(job: Callable[..., object], workdir_help: str,
       logging.info("stopped", exc_info=True)      # traceback to the log file only
       print(f"FATAL: {e}", file=sys.stderr)
       sys.exit(3)
-    except INPUT_ERRORS as e:
+    except InputError as e:
       logging.info("bad input", exc_info=True)
-      message = e.args[0] if isinstance(e, KeyError) and e.args else e
-      print(f"FATAL: {message}", file=sys.stderr)
+      print(f"FATAL: {e}", file=sys.stderr)
       sys.exit(2)
+    except Exception:                               # a bug: keep the whole traceback
+      logging.info("unexpected error", exc_info=True)
+      traceback.print_exc()
+      sys.exit(1)
 
   app.run(main, flags_parser=parse_flags)
 
@@ -108,11 +114,17 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   """Hold ``WORKDIR/.lock`` (an OS lock: released even if the process is killed), so a second
   run on the same workdir refuses instead of writing beside the first. Process 0 only: the
   hosts of one multi-host run share their workdir."""
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() != 0:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise InputError(f"--workdir={workdir} exists and is not a directory")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    f = open(os.path.join(workdir, ".lock"), "a+") if jax.process_index() == 0 else None
+  except OSError as e:
+    raise InputError(f"--workdir={workdir} cannot be written: {e.strerror}") from None
+  if f is None:
     yield
     return
-  with open(os.path.join(workdir, ".lock"), "a+") as f:
+  with f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

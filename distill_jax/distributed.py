@@ -1,14 +1,8 @@
 """Multi-host runs through JAX's multi-controller runtime.
 
-Every host runs the same command; ``jax.distributed.initialize`` connects them, after which
-``jax.devices()`` lists the devices of all hosts, the mesh spans them, and each host feeds
-only its own slice of every global batch (``data.local_indices``). Orbax coordinates the
-checkpoint writes; files such as ``summary.json`` are written by process 0.
-
-- TPU pod slice, GPU clusters under SLURM or Open MPI: ``--config.distributed.auto=True``
-  (JAX detects coordinator, process count and id from the environment).
-- Anything else (and the tests, on CPU over loopback): give ``coordinator_address``
-  (``host:port`` of process 0), ``num_processes`` and this process's ``process_id``.
+Every host runs the same command; ``jax.distributed.initialize`` joins them, the mesh spans all
+devices and each host feeds its own slice of every batch. ``distributed.auto=True`` on TPU pods,
+SLURM or Open MPI; else give ``coordinator_address``, ``num_processes`` and ``process_id``.
 """
 import logging
 
@@ -32,7 +26,3 @@ def initialize(config) -> None:
                                initialization_timeout=int(d.get("timeout", 300)))
   logging.info("process %d of %d; %d local and %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
-
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0

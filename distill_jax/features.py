@@ -1,65 +1,22 @@
-"""Intermediate features by name, learned projections, and the feature-level distillation loss.
+"""Feature terms made concrete: patterns resolved to feature paths, learned projections.
 
-Any Flax model exposes its submodules' outputs through ``capture_intermediates``: no model is
-edited. Their "/"-joined paths (``Conv_1``, ``Dense_0``, ``GRU_0/forward_rnn/1``; values a
-module ``sow``s into "intermediates" appear under their own names) are matched by regex with
-``re.fullmatch``, like parameter paths. A config pairs teacher and student features:
-
-    features.pairs = (("Dense_0", "Dense_1"),)          # (teacher path, student path)
-    features.losses = (("hint", 1.0), ("rkd", 0.5))     # FEATURE_LOSSES names and weights
-
-Losses that compare features elementwise (``project = True``) map the student's feature to the
-teacher's shape with a learned linear projection when the shapes differ: a Dense on the last
-axis if the other axes agree, else on the flattened feature. While training, the student's
-parameters travel as ``{"student": ..., "projection": ...}``; :func:`student_params` strips
-the projection, so it never reaches the exported student.
+A feature term's ``pairs`` are ``(teacher, student)`` regexes over captured feature paths
+(``Dense_0``, ``encoder/layer_2``), each matching exactly one; ``layer_pairs="prefix_{}"``
+pairs each student layer with the teacher layer it was initialised from. Projections (where a
+``project=True`` term's shapes differ) are training state, never exported.
 """
 import dataclasses
 import logging
 import math
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax.traverse_util import flatten_dict
 
-from distill_jax.losses import FEATURE_LOSSES
+from distill_jax.errors import InputError
+from distill_jax.losses import Bound
 from distill_jax.paths import flatten, unflatten
-
-STUDENT, PROJECTION = "student", "projection"
-
-
-def feature_dict(intermediates: Any) -> dict[str, jnp.ndarray]:
-  """Flatten Flax's intermediates collection to ``{path: array}``.
-
-  ``capture_intermediates`` stores each module's outputs as ``Module/__call__ -> (out,)``;
-  the ``__call__`` level and one-element tuples are dropped, other tuple elements get their
-  index (an RNN returns ``(carry, outputs)``: ``.../forward_rnn/1`` is the outputs).
-  """
-  out = {}
-
-  def add(path, value):
-    if isinstance(value, (tuple, list)):
-      if len(value) == 1:
-        add(path, value[0])
-      else:
-        for i, v in enumerate(value):
-          add(path + (str(i),), v)
-    else:
-      out["/".join(path)] = value
-
-  for path, value in flatten_dict(intermediates, keep_empty_nodes=False).items():
-    add(tuple(p for p in path if p != "__call__"), value)
-  out.pop("", None)   # the model's own output (the logits) is not a feature
-  return out
-
-
-def capture(apply_fn: Callable, params: Any, x: jnp.ndarray, **kwargs) -> tuple:
-  """``(output, {path: feature})`` of one forward pass."""
-  out, state = apply_fn({"params": params}, x, capture_intermediates=True,
-                        mutable=["intermediates"], **kwargs)
-  return out, feature_dict(state.get("intermediates", {}))
 
 
 def resolve(pattern: str, features: dict, role: str) -> str:
@@ -68,35 +25,38 @@ def resolve(pattern: str, features: dict, role: str) -> str:
   if len(hits) != 1:
     listing = ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in features.items())
     what = "no" if not hits else f"{len(hits)} ({hits})"
-    raise ValueError(f"features.pairs: {role} feature pattern {pattern!r} matches {what} "
+    raise InputError(f"feature pairs: {role} feature pattern {pattern!r} matches {what} "
                      f"features; it must match exactly one of (shapes per example): {listing}")
   return hits[0]
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureDistillation:
-  """Resolved feature pairs and weighted losses; built once by :func:`setup`."""
-  pairs: tuple[tuple[str, str], ...]              # concrete (teacher path, student path)
-  teacher_shapes: tuple[tuple[int, ...], ...]     # per pair, without the batch axis
-  losses: tuple[tuple[str, float], ...]
+class Resolved:
+  """A feature term with concrete ``(teacher path, student path, teacher shape)`` pairs."""
+  bound: Bound
+  index: int                                     # the term's position in the phase's terms
+  pairs: tuple[tuple[str, str, tuple[int, ...]], ...]
 
-  def loss(self, teacher_features: dict, student_features: dict,
-           projections: dict) -> tuple[jnp.ndarray, dict]:
-    """Sum over pairs and losses of weight * loss; also each loss's sum over pairs."""
-    parts = {name: 0.0 for name, _ in self.losses}
-    for i, ((t_path, s_path), t_shape) in enumerate(zip(self.pairs, self.teacher_shapes)):
+  def loss(self, teacher_features: dict, student_features: dict, projections: dict,
+           mask: Optional[jnp.ndarray]) -> jnp.ndarray:
+    """The term averaged over its pairs."""
+    term, total = self.bound.term, 0.0
+    for j, (t_path, s_path, t_shape) in enumerate(self.pairs):
       t = jax.lax.stop_gradient(teacher_features[t_path]).astype(jnp.float32)
       s = student_features[s_path].astype(jnp.float32)
-      projected = project(projections.get(f"pair_{i}"), s, t_shape)
-      for name, _ in self.losses:
-        fn = FEATURE_LOSSES.get(name)
-        parts[name] = parts[name] + fn(t, projected if fn.project else s)
-    total = sum(weight * parts[name] for name, weight in self.losses)
-    return total, parts
+      if term.project:
+        s = project(projections.get(projection_name(self.index, j)), s, t_shape)
+      extra = {"mask": mask} if term.masked else {}
+      total = total + term.fn(t, s, **extra, **self.bound.options)
+    return total / len(self.pairs)
+
+
+def projection_name(term_index: int, pair_index: int) -> str:
+  return f"term_{term_index}_pair_{pair_index}"
 
 
 def project(params: Any, s: jnp.ndarray, teacher_shape: Sequence[int]) -> jnp.ndarray:
-  """Apply pair projection ``params`` (None: shapes already agree) to student feature ``s``."""
+  """Apply projection ``params`` (None: shapes already agree) to student feature ``s``."""
   if params is None:
     return s
   if params["kernel"].shape[0] == s.shape[-1] and s.ndim == len(teacher_shape) + 1:
@@ -119,42 +79,40 @@ def init_projection(student_shape: Sequence[int], teacher_shape: Sequence[int],
   return {"kernel": kernel, "bias": jnp.zeros((fan_out,), jnp.float32)}
 
 
-def setup(features_config, teacher_apply: Callable, teacher_params: Any,
-          student_apply: Callable, student_params: Any, sample_x: Any,
-          rng: jax.Array) -> tuple[FeatureDistillation, dict]:
-  """Resolve the config's feature patterns on a sample batch; return the distillation and the
-  initial projection parameters ``{"pair_i": {"kernel", "bias"}}`` (pairs that need none are
-  absent)."""
-  losses = tuple((str(name), float(weight)) for name, weight in features_config.losses)
-  for name, _ in losses:
-    FEATURE_LOSSES.get(name)        # unknown names fail here, listing the known ones
-  shapes = lambda apply, p: jax.eval_shape(lambda q: capture(apply, q, sample_x)[1], p)
-  t_feats, s_feats = shapes(teacher_apply, teacher_params), shapes(student_apply, student_params)
-  projected = any(FEATURE_LOSSES.get(name).project for name, _ in losses)
-  pairs, t_shapes, projections = [], [], {}
-  for i, (t_pattern, s_pattern) in enumerate(features_config.pairs):
-    t_path = resolve(t_pattern, t_feats, "teacher")
-    s_path = resolve(s_pattern, s_feats, "student")
-    t_shape, s_shape = t_feats[t_path].shape[1:], s_feats[s_path].shape[1:]
-    pairs.append((t_path, s_path))
-    t_shapes.append(tuple(t_shape))
-    if projected:
-      p = init_projection(s_shape, t_shape, jax.random.fold_in(rng, i))
-      if p is not None:
-        projections[f"pair_{i}"] = p
-  return FeatureDistillation(tuple(pairs), tuple(t_shapes), losses), projections
+def expand_layer_pairs(template: str, teacher_layers: Optional[Sequence[int]]) -> tuple:
+  """``("prefix_{}", [0, 4, 5])`` -> pairs (prefix_0, prefix_0), (prefix_4, prefix_1), ..."""
+  if not teacher_layers:
+    raise InputError(f"layer_pairs={template!r} pairs student layers with the teacher layers "
+                     "they were initialised from, but the student's init keeps no teacher "
+                     "layers (use select or width, or give pairs explicitly)")
+  return tuple((template.format(t), template.format(s)) for s, t in enumerate(teacher_layers))
 
 
-def wrap(student_params: Any, projections: dict) -> dict:
-  """The pytree trained when features are distilled: student and projection side by side."""
-  return {STUDENT: student_params, PROJECTION: projections}
-
-
-def student_params(params: Any) -> Any:
-  """The student alone: drops the projection that only feature distillation uses."""
-  if isinstance(params, dict) and set(params) == {STUDENT, PROJECTION}:
-    return params[STUDENT]
-  return params
+def setup(terms: Sequence[Bound], teacher, teacher_params: Any, student, student_params: Any,
+          example: dict, rng: jax.Array,
+          teacher_layers: Optional[Sequence[int]] = None) -> tuple[list[Resolved], dict]:
+  """Resolve the feature terms' patterns on an example batch; returns them and the initial
+  projections ``{"term_i_pair_j": {"kernel", "bias"}}`` (pairs that need none are absent)."""
+  shapes = lambda model, p: jax.eval_shape(lambda q: model.apply(q, example, capture=True)[1], p)
+  t_feats, s_feats = shapes(teacher, teacher_params), shapes(student, student_params)
+  resolved, projections = [], {}
+  for i, bound in enumerate(terms):
+    if not bound.term.features:
+      continue
+    patterns = bound.pairs + (expand_layer_pairs(bound.layer_pairs, teacher_layers)
+                              if bound.layer_pairs else ())
+    pairs = []
+    for j, (t_pattern, s_pattern) in enumerate(patterns):
+      t_path, s_path = resolve(t_pattern, t_feats, "teacher"), resolve(s_pattern, s_feats,
+                                                                       "student")
+      t_shape, s_shape = tuple(t_feats[t_path].shape[1:]), tuple(s_feats[s_path].shape[1:])
+      pairs.append((t_path, s_path, t_shape))
+      if bound.term.project:
+        p = init_projection(s_shape, t_shape, jax.random.fold_in(rng, 1000 * i + j))
+        if p is not None:
+          projections[projection_name(i, j)] = p
+    resolved.append(Resolved(bound, i, tuple(pairs)))
+  return resolved, projections
 
 
 def reuse_head(teacher_params: Any, student_params: Any,
@@ -166,13 +124,13 @@ def reuse_head(teacher_params: Any, student_params: Any,
     t_leaves = {k[len(t_prefix):]: v for k, v in t_flat.items() if k.startswith(t_prefix + "/")}
     s_leaves = {k[len(s_prefix):]: v for k, v in s_flat.items() if k.startswith(s_prefix + "/")}
     if not t_leaves or not s_leaves:
-      raise ValueError(f"features.head: no parameters under teacher {t_prefix!r} "
-                       f"(found {bool(t_leaves)}) or student {s_prefix!r} (found {bool(s_leaves)})")
+      raise InputError(f"distill.stage1.head: no parameters under teacher {t_prefix!r} (found "
+                       f"{bool(t_leaves)}) or student {s_prefix!r} (found {bool(s_leaves)})")
     fits = (t_leaves.keys() == s_leaves.keys()
             and all(t_leaves[k].shape == s_leaves[k].shape for k in t_leaves))
     if fits:
       for k, v in t_leaves.items():
         s_flat[s_prefix + k] = v
-    logging.info("features.head: %s teacher %s -> student %s", "reused" if fits else
+    logging.info("stage1.head: %s teacher %s -> student %s", "reused" if fits else
                  "shapes differ, kept", t_prefix, s_prefix)
   return unflatten(s_flat)

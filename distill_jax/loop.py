@@ -1,10 +1,8 @@
-"""The training loop: the only Python loop over steps. Everything inside a step is jitted.
+"""The training loop, the only Python loop over steps (everything inside a step is jitted).
 
-``fit`` resumes from the phase's newest checkpoint, fetches metrics every ``log_every`` steps
-(which also keeps the host from running far ahead of the devices: multi-device CPU
-collectives can deadlock when dozens of steps are queued), and checkpoints every
-``checkpoint_every`` steps and at the end (asynchronously: training goes on while Orbax
-writes). The next batch is prepared on the host while the device runs the current step.
+``fit`` resumes from the newest checkpoint, logs every ``log_every`` steps (which also keeps
+the host from running far ahead: queued multi-device CPU collectives can deadlock), checkpoints
+asynchronously, and builds the next batch while the device runs the current step.
 """
 import json
 import os
@@ -38,17 +36,18 @@ class MetricsWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     if self.tensorboard_dir:
-      board = self._board(record["phase"])
-      for key, value in record.items():
-        if key not in ("phase", "step", "split") and isinstance(value, (int, float)):
-          board.scalar(f"{record['split']}/{key}", value, record["step"])
-      board.flush()
-
-  def _board(self, phase: str):
-    if phase not in self._boards:
-      from flax.metrics import tensorboard  # imports TensorFlow: only when asked for
-      self._boards[phase] = tensorboard.SummaryWriter(os.path.join(self.tensorboard_dir, phase))
-    return self._boards[phase]
+      # TensorBoard's own event writer: no TensorFlow import (which takes seconds)
+      from tensorboard.compat.proto import event_pb2, summary_pb2
+      from tensorboard.summary.writer.event_file_writer import EventFileWriter
+      phase = record["phase"]
+      if phase not in self._boards:
+        self._boards[phase] = EventFileWriter(os.path.join(self.tensorboard_dir, phase))
+      values = [summary_pb2.Summary.Value(tag=f"{record['split']}/{k}", simple_value=float(v))
+                for k, v in record.items()
+                if k not in ("phase", "step", "split", "time") and isinstance(v, (int, float))]
+      self._boards[phase].add_event(event_pb2.Event(
+          wall_time=time.time(), step=record["step"], summary=summary_pb2.Summary(value=values)))
+      self._boards[phase].flush()
 
 
 class Preempted(Exception):
@@ -116,7 +115,7 @@ def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[
           metrics["learning_rate"] = float(learning_rate_fn(step))
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", ex_per_s=f"{rate:.0f}")
         if writer:
-          writer.write({"phase": phase, "step": done, "split": "train",
+          writer.write({"phase": phase, "step": done, "split": "train", "time": time.time(),
                         "examples_per_sec": rate, **metrics})
       bar.update(1)
       if eval_fn and writer and ((eval_every and done % eval_every == 0) or done == num_steps):

@@ -1,70 +1,143 @@
-"""Distillation losses as small pure functions; each states its math.
+"""Loss terms: small pure functions, each stating its math, registered by name.
 
-Logit losses take logits of shape (B, C) and return a scalar averaged over the batch,
-optionally weighted by ``mask`` (B,) so that padded examples count for nothing. The losses a
-config can name live in two registries: ``LOGIT_LOSSES`` (kd, dkd) and ``FEATURE_LOSSES``
-(hint, attention, cosine, rkd, similarity); register your own with their decorators.
+A config lists a phase's terms as ``(name, weight, options)``; the step sums ``weight * term``.
+Output terms are ``fn(student, teacher, batch, **options)`` over the models' named outputs
+(``teacher`` is None for terms that do not read it); feature terms are
+``fn(teacher_feature, student_feature[, mask], **options)``, applied per pair of named features
+in their ``pairs`` option (``project=True``: a learned projection where shapes differ). Add a
+term with ``@term("name", reads=(...))``; docs/features.md lists them.
 """
-from typing import Optional
+import dataclasses
+import inspect
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from distill_jax.errors import InputError
 from distill_jax.registry import Registry
 
-
-def _mean(per_example: jnp.ndarray, mask: Optional[jnp.ndarray]) -> jnp.ndarray:
-  if mask is None:
-    return per_example.mean()
-  return (per_example * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+FEATURES = "features"
 
 
-def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
-                  mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-  """CE(y, s) = -log softmax(s)[y]."""
-  return _mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), mask)
+@dataclasses.dataclass(frozen=True)
+class Term:
+  fn: Callable
+  reads: tuple[str, ...]       # outputs it reads ("logits", "pooled", ...), "labels", "features"
+  teacher: bool = True         # whether it reads the teacher's side
+  project: bool = False        # feature terms: a learned projection when shapes differ
+
+  @property
+  def features(self) -> bool:
+    return FEATURES in self.reads
+
+  @property
+  def masked(self) -> bool:
+    return "mask" in inspect.signature(self.fn).parameters
+
+
+TERMS: Registry[Term] = Registry("loss term")
+
+
+def term(name: str, *, reads: Sequence[str], teacher: bool = True,
+         project: bool = False) -> Callable[[Callable], Callable]:
+  """Decorator registering ``fn`` as loss term ``name`` (see the module docstring)."""
+  def add(fn: Callable) -> Callable:
+    TERMS.register(name)(Term(fn, tuple(reads), teacher, project))
+    return fn
+  return add
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+  """One configured term: ``weight * term(**options)``; feature terms also carry pairs."""
+  name: str
+  weight: float
+  term: Term
+  options: Mapping[str, Any]
+  pairs: tuple = ()            # feature terms: (teacher pattern, student pattern)
+  layer_pairs: str = ""        # feature terms: "prefix_{}" pairs each student layer with the
+                               # teacher layer it was initialised from
+
+
+def bind(specs: Sequence, what: str) -> list[Bound]:
+  """Check ``(name, weight, options)`` specs against the registry and the terms' signatures."""
+  bound = []
+  for i, spec in enumerate(specs):
+    where = f"{what}[{i}]"
+    if not isinstance(spec, (tuple, list)) or len(spec) not in (2, 3):
+      raise InputError(f"{where}: {spec!r} is not (term, weight[, options])")
+    name, weight, options = spec[0], spec[1], dict(spec[2] if len(spec) == 3 else {})
+    t = TERMS.get(name)
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+      raise InputError(f"{where}: weight of {name!r} is {weight!r}; it must be a finite "
+                       "number >= 0")
+    pairs, template = (), ""
+    if t.features:
+      pairs = tuple(tuple(p) for p in options.pop("pairs", ()))
+      template = options.pop("layer_pairs", "")
+      if not (pairs or template) or any(len(p) != 2 for p in pairs) or (
+          template and "{}" not in template):
+        raise InputError(f"{where}: feature term {name!r} needs pairs=((teacher feature, "
+                         "student feature), ...) or layer_pairs='prefix_{}'")
+    positional = 2 if t.features else 3      # (teacher, student) or (student, teacher, batch)
+    accepted = set(list(inspect.signature(t.fn).parameters)[positional:]) - {"mask"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+      raise InputError(f"{where}: term {name!r} has no option(s) {unknown}; it takes "
+                       f"{sorted(accepted)}")
+    for key in ("temperature", "beta", "heads"):
+      if key in options and not (isinstance(options[key], (int, float)) and options[key] > 0):
+        raise InputError(f"{where}: {name!r} option {key}={options[key]!r} must be > 0")
+    bound.append(Bound(name, float(weight), t, options, pairs, template))
+  return bound
+
+
+# --- output terms -----------------------------------------------------------------------------
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """CE(y, s) = -log softmax(s)[y], averaged over the batch."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def kl_divergence(teacher_logits: jnp.ndarray, student_logits: jnp.ndarray,
-                  temperature: float = 1.0, mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-  """KL(softmax(t/T) || softmax(s/T)) = sum_c p_c (log p_c - log q_c)."""
+                  temperature: float = 1.0) -> jnp.ndarray:
+  """KL(softmax(t/T) || softmax(s/T)) = sum_c p_c (log p_c - log q_c), averaged."""
   log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
   log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-  return _mean((jnp.exp(log_p) * (log_p - log_q)).sum(-1), mask)
+  return (jnp.exp(log_p) * (log_p - log_q)).sum(-1).mean()
 
 
-def hinton_kd(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, labels: jnp.ndarray,
-              temperature: float, alpha: float, mask: Optional[jnp.ndarray] = None,
-              hard: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-  """Hinton et al. (2015): alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1-alpha) * CE(y, s).
-
-  The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones
-  when T changes. ``hard`` replaces the CE term when the caller has its own label loss
-  (e.g. mixup's interpolated labels).
-  """
-  soft = kl_divergence(teacher_logits, student_logits, temperature, mask)
-  if hard is None:
-    hard = cross_entropy(student_logits, labels, mask)
-  return alpha * temperature ** 2 * soft + (1.0 - alpha) * hard
+@term("ce", reads=("logits", "labels"), teacher=False)
+def ce(student: dict, teacher: Any, batch: dict) -> jnp.ndarray:
+  """Label cross-entropy; with mixup, ``lam * CE(y) + (1 - lam) * CE(y of the neighbour)``."""
+  logits, labels = student["logits"], batch["y"]
+  loss = cross_entropy(logits, labels)
+  if "mixup_lambda" in batch:
+    lam = batch["mixup_lambda"]
+    loss = lam * loss + (1.0 - lam) * cross_entropy(logits, jnp.roll(labels, 1))
+  return loss
 
 
-# --- Logit losses chosen by name (``config.distill.logit_loss``) --------------------------------
-
-LOGIT_LOSSES: Registry = Registry("logit loss")
+@term("kd", reads=("logits",))
+def kd(student: dict, teacher: dict, batch: dict, temperature: float = 1.0) -> jnp.ndarray:
+  """Hinton et al. (2015): T^2 * KL(softmax(t/T) || softmax(s/T)). The T^2 keeps the soft
+  targets' gradients on the labels' scale when T changes; Hinton's objective is
+  ``(("kd", alpha, {"temperature": T}), ("ce", 1 - alpha, {}))``."""
+  return temperature ** 2 * kl_divergence(teacher["logits"], student["logits"], temperature)
 
 
 def decoupled_kd(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, labels: jnp.ndarray,
-                 temperature: float, alpha: float = 1.0, beta: float = 8.0,
-                 mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+                 temperature: float, alpha: float = 1.0, beta: float = 8.0) -> jnp.ndarray:
   """Decoupled KD (Zhao et al., 2022): alpha * TCKD + beta * NCKD, both scaled by T^2.
 
   TCKD = KL(b_t || b_s) over the binary split (target class, all others) of softmax(./T);
   NCKD = KL(p~_t || p~_s) over the softmax of the non-target logits alone. Classic KD couples
   NCKD to the teacher's target confidence (weight 1 - p_t); DKD weights it freely by beta.
   """
-  num_classes = student_logits.shape[-1]
-  target = jax.nn.one_hot(labels, num_classes, dtype=bool)
+  target = jax.nn.one_hot(labels, student_logits.shape[-1], dtype=bool)
 
   def binary_log_probs(logits):
     log_p = jax.nn.log_softmax(logits / temperature, axis=-1)
@@ -72,7 +145,7 @@ def decoupled_kd(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, label
     log_rest = jax.nn.logsumexp(jnp.where(target, -jnp.inf, log_p), axis=-1)   # log(1 - p_t)
     return jnp.stack([log_target, log_rest], -1)
 
-  def non_target_log_probs(logits):   # the target logit removed (-inf) before the softmax
+  def non_target_log_probs(logits):   # the target logit removed before the softmax
     return jax.nn.log_softmax(jnp.where(target, -1e9, logits / temperature), axis=-1)
 
   def kl(log_p, log_q):
@@ -81,35 +154,32 @@ def decoupled_kd(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, label
   tckd = kl(binary_log_probs(teacher_logits), binary_log_probs(student_logits))
   nckd = kl(jnp.where(target, 0.0, non_target_log_probs(teacher_logits)),
             jnp.where(target, 0.0, non_target_log_probs(student_logits)))
-  return temperature ** 2 * _mean(alpha * tckd + beta * nckd, mask)
+  return temperature ** 2 * (alpha * tckd + beta * nckd).mean()
 
 
-@LOGIT_LOSSES.register("kd")
-def _kd_loss(student_logits, teacher_logits, labels, temperature, hard, alpha=0.9):
-  return hinton_kd(student_logits, teacher_logits, labels, temperature, alpha, hard=hard)
+@term("dkd", reads=("logits", "labels"))
+def dkd(student: dict, teacher: dict, batch: dict, temperature: float = 1.0,
+        alpha: float = 1.0, beta: float = 8.0) -> jnp.ndarray:
+  """:func:`decoupled_kd`; the paper's objective adds the label term: ``("ce", 1.0, {})``."""
+  return decoupled_kd(student["logits"], teacher["logits"], batch["y"], temperature, alpha,
+                      beta)
 
 
-@LOGIT_LOSSES.register("dkd")
-def _dkd_loss(student_logits, teacher_logits, labels, temperature, hard, alpha=1.0, beta=8.0):
-  """The paper's objective: label cross-entropy plus DKD."""
-  return hard + decoupled_kd(student_logits, teacher_logits, labels, temperature, alpha, beta)
+@term("embedding_mse", reads=("pooled",))
+def embedding_mse(student: dict, teacher: dict, batch: dict) -> jnp.ndarray:
+  """Mean over the batch of ||m_s - m_t||^2 of the pooled (unnormalised) sentence vectors:
+  matches direction and length."""
+  return jnp.mean(jnp.sum(jnp.square(student["pooled"] - teacher["pooled"]), -1))
 
 
-# --- Feature losses chosen by name (``config.distill.features.losses``) ------------------------
-# Each takes the teacher's and the student's feature (B, ...) and returns a scalar. Losses with
-# ``project = True`` compare the features elementwise, so the student's feature is first mapped
-# to the teacher's shape by a learned projection (see ``features.py``); relation losses compare
-# (B, B) matrices and work across any widths as they are.
-
-FEATURE_LOSSES: Registry = Registry("feature loss")
+@term("embedding_cosine", reads=("pooled",))
+def embedding_cosine(student: dict, teacher: dict, batch: dict) -> jnp.ndarray:
+  """Mean of 1 - cos(m_s, m_t): the direction alone, all that a normalised embedding sees."""
+  return jnp.mean(1.0 - optax.cosine_similarity(student["pooled"], teacher["pooled"],
+                                                epsilon=1e-9))
 
 
-def _feature_loss(name: str, project: bool):
-  def register(fn):
-    fn.project = project
-    return FEATURE_LOSSES.register(name)(fn)
-  return register
-
+# --- feature terms (teacher feature, student feature): (B, ...) each ----------------------------
 
 def _flat(f: jnp.ndarray) -> jnp.ndarray:
   return f.reshape((f.shape[0], -1)).astype(jnp.float32)
@@ -119,10 +189,21 @@ def _unit(v: jnp.ndarray, eps: float = 1e-8) -> jnp.ndarray:
   return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), eps)
 
 
-@_feature_loss("hint", project=True)
-def hint_loss(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
-  """FitNets (Romero et al., 2015): mean squared error between (projected) features."""
-  return jnp.mean(jnp.square(_flat(student) - _flat(teacher)))
+def masked_mean(per_token: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+  """Mean of (B, L) values over the real (mask = 1) tokens."""
+  m = mask.astype(jnp.float32)
+  return (per_token * m).sum() / jnp.maximum(m.sum(), 1.0)
+
+
+@term("hint", reads=(FEATURES,), project=True)
+def hint(teacher: jnp.ndarray, student: jnp.ndarray, mask=None) -> jnp.ndarray:
+  """FitNets (Romero et al., 2015): mean squared error of the (projected) features; for
+  (B, L, H) token features with a token mask, the mean over the real tokens only (TinyBERT's
+  hidden-state transfer)."""
+  sq = jnp.square(student.astype(jnp.float32) - teacher.astype(jnp.float32))
+  if mask is not None and sq.ndim == 3 and sq.shape[:2] == mask.shape:
+    return masked_mean(jnp.mean(sq, -1), mask)
+  return jnp.mean(sq)
 
 
 def attention_map(f: jnp.ndarray) -> jnp.ndarray:
@@ -133,13 +214,13 @@ def attention_map(f: jnp.ndarray) -> jnp.ndarray:
   return _unit(_flat(a))
 
 
-@_feature_loss("attention", project=True)
+@term("attention", reads=(FEATURES,), project=True)
 def attention_transfer(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
   """Attention transfer: mean over the batch of ||Q_s - Q_t||^2 of the normalised maps."""
   return jnp.mean(jnp.sum(jnp.square(attention_map(student) - attention_map(teacher)), -1))
 
 
-@_feature_loss("cosine", project=True)
+@term("cosine", reads=(FEATURES,), project=True)
 def cosine_loss(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
   """Mean over the batch of 1 - cos(student_b, teacher_b) of the flattened features."""
   return jnp.mean(1.0 - jnp.sum(_unit(_flat(student)) * _unit(_flat(teacher)), -1))
@@ -152,7 +233,7 @@ def pairwise_distances(f: jnp.ndarray) -> jnp.ndarray:
   return jnp.sqrt(sq + 1e-12) * (1.0 - jnp.eye(v.shape[0]))   # exact zeros on the diagonal
 
 
-@_feature_loss("rkd", project=False)
+@term("rkd", reads=(FEATURES,))
 def rkd_distance(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
   """RKD distance loss (Park et al., 2019): Huber between the two pairwise-distance matrices,
   each divided by its mean off-diagonal distance; averaged over the B(B-1) pairs."""
@@ -165,7 +246,7 @@ def rkd_distance(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(optax.huber_loss(ds, dt, delta=1.0)) / (b * (b - 1))
 
 
-@_feature_loss("similarity", project=False)
+@term("similarity", reads=(FEATURES,))
 def similarity_preserving(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
   """Similarity-preserving KD (Tung & Mori, 2019): ||G_s - G_t||_F^2 / B^2 with G = row-wise
   L2-normalised f f^T of the flattened features."""
@@ -174,3 +255,26 @@ def similarity_preserving(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.nda
     return _unit(v @ v.T)
   b = teacher.shape[0]
   return jnp.sum(jnp.square(gram(student) - gram(teacher))) / (b * b)
+
+
+def relation_log_probs(a: jnp.ndarray, mask: jnp.ndarray, heads: int) -> jnp.ndarray:
+  """log softmax(A_h A_h^T / sqrt(d)) over real keys: (B, heads, L, L) from (B, L, H)."""
+  b, length, width = a.shape
+  d = width // heads
+  ah = a.astype(jnp.float32).reshape(b, length, heads, d).transpose(0, 2, 1, 3)
+  scores = ah @ ah.transpose(0, 1, 3, 2) / jnp.sqrt(float(d))
+  scores = jnp.where(mask[:, None, None, :] > 0, scores, -1e9)
+  return jax.nn.log_softmax(scores, axis=-1)
+
+
+@term("relation", reads=(FEATURES,))
+def relation(teacher: jnp.ndarray, student: jnp.ndarray, mask=None,
+             heads: int = 12) -> jnp.ndarray:
+  """MiniLMv2 (Wang et al., 2021): self-attention relations of one kind of projection (pair
+  queries with queries, keys with keys, values with values), split into ``heads`` heads;
+  KL(R_t || R_s) per query token, averaged over heads and the real query tokens."""
+  if mask is None:
+    mask = jnp.ones(teacher.shape[:2], jnp.int32)
+  log_t, log_s = relation_log_probs(teacher, mask, heads), relation_log_probs(student, mask, heads)
+  kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), -1).mean(1)       # (B, L)
+  return masked_mean(kl, mask)

@@ -1,28 +1,65 @@
-r"""Train (or restore) a teacher, distil a student, compare with a from-scratch baseline.
+r"""Run any task: teacher, optional baseline, student (init, distillation), summary, exports.
 
-  python -m distill_jax.main --config=configs/digits_mlp10_to3.py --workdir=/tmp/digits \
-      [--config.batch_size=128 ...]
+  python -m distill_jax.main --config=configs/digits_mlp10_to3.py --workdir=runs/digits
 
-Each phase (teacher, baseline, student) checkpoints into ``WORKDIR/<phase>/``; rerunning the
-same command resumes every phase from its newest checkpoint. Results go to
-``WORKDIR/summary.json`` and ``WORKDIR/metrics.jsonl``.
+Rerunning the same command resumes every phase from its newest checkpoint.
 """
 import os
 import time
+from typing import Optional
 
 import jax
 
-from distill_jax import cli
-from distill_jax.pipeline import run, validate
+from distill_jax import cli, plots, runner
+from distill_jax.checks import Checked, check
+from distill_jax.files import write_json
+
+NOT_METRICS = ("params", "loss", "at_init", "init", "model", "terms", "export", "reused_params")
 
 
-def main(config, workdir: str, dataset=None) -> dict:
+def run_job(config, workdir: str, checked: Optional[Checked] = None) -> dict:
+  """The whole job; returns (and writes) the summary."""
   start = time.time()
-  summary = run(config, workdir, dataset)
-  print(f"wall time {time.time() - start:.0f} s on {jax.device_count()} "
+  checked = checked or check(config)
+  run = runner.start(config, workdir, checked.data)
+  teacher, teacher_params = runner.get_teacher(run, checked.teacher)
+  reference = run.task.reference(teacher, teacher_params, run.data, run.mesh, config)
+  summary = {"task": config.task, "data": run.data.name, "metric": run.task.metric,
+             "teacher": runner.summary_row(run, teacher, teacher_params)}
+  if config.baseline.enabled:
+    summary["baseline"] = runner.baseline(run, teacher, reference)
+  summary.update(runner.student_path(run, teacher, teacher_params, reference))
+  summary["compression"] = summary["teacher"]["params"] / summary["student"]["params"]
+  summary["wall_seconds"] = time.time() - start
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "summary.json"), summary)
+    plots.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"),
+                      metric=run.task.metric)
+  print(format_summary(summary))
+  print(f"wall time {summary['wall_seconds']:.0f} s on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); summary in {os.path.join(workdir, 'summary.json')}")
   return summary
 
 
+def format_summary(summary: dict) -> str:
+  """The summary as a small text table: one row per model, one column per metric."""
+  s = summary["student"]
+  columns = [summary["metric"]] + [k for k, v in s.items() if k not in NOT_METRICS
+                                   and k != summary["metric"] and isinstance(v, float)]
+  rows = [("model", "params", *columns)]
+  cell = lambda row, k: f"{row[k]:.4f}" if isinstance(row.get(k), float) else "-"
+  add = lambda name, row, params: rows.append((name, f"{params:,}",
+                                               *(cell(row, k) for k in columns)))
+  add("teacher", summary["teacher"], summary["teacher"]["params"])
+  if "baseline" in summary:
+    add("student from scratch", summary["baseline"], summary["baseline"]["params"])
+  for name, row in summary.get("init_compare", {}).items():
+    add(f"student recombined: {name}", row, s["params"])
+  add(f"student at init ({s['init']['strategy']})", s["at_init"], s["params"])
+  add("student distilled", s, s["params"])
+  return (plots.table(rows) + f"\ncompression {summary['compression']:.2f}x; student init "
+          f"'{s['init']['strategy']}' reused {s['init']['reused_params']:,} teacher params")
+
+
 if __name__ == "__main__":
-  cli.run(main, "Directory for checkpoints, metrics and the summary.", validate=validate)
+  cli.run(run_job, "Directory for checkpoints, metrics, exports and the summary.", check=check)

@@ -34,6 +34,20 @@ def tree_paths(tree: Any) -> dict[str, Any]:
   return {SEP.join(_key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
+def fingerprint(tree: Any) -> str:
+  """sha256 over a pytree's paths, shapes, dtypes and bytes (weights' or data's identity)."""
+  import hashlib
+  import jax
+  import numpy as np
+  h = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0],
+                           key=lambda item: jax.tree_util.keystr(item[0])):
+    leaf = np.ascontiguousarray(jax.device_get(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}{leaf.shape}{leaf.dtype}".encode())
+    h.update(leaf.tobytes())
+  return h.hexdigest()
+
+
 def count_params(tree: Any) -> int:
   """Number of scalar parameters in a pytree."""
   import jax  # local: keeps this module importable without initialising a backend

@@ -2,6 +2,8 @@
 import logging
 from typing import Callable, Generic, TypeVar
 
+from distill_jax.errors import UnknownName
+
 T = TypeVar("T")
 
 
@@ -23,7 +25,7 @@ class Registry(Generic[T]):
 
   def get(self, name: str) -> T:
     if name not in self._items:
-      raise KeyError(f"unknown {self.kind} {name!r}; known: {sorted(self._items)}")
+      raise UnknownName(f"unknown {self.kind} {name!r}; known: {sorted(self._items)}")
     return self._items[name]
 
   def names(self) -> list[str]:

@@ -1,17 +1,14 @@
-r"""Evaluate and adjust: try partition/recombination plans, keep the best, distil it fully.
+r"""Evaluate and adjust: try student plans, keep the best, distil it fully.
 
   python -m distill_jax.search --config=configs/digits_search.py --workdir=DIR
 
-A validation split is carved from the training data (the test split is never looked at while
-choosing). Plans are tried in config order, each distilled for ``search.steps`` steps with
-every seed in ``search.seeds``; the search stops at the first plan whose mean validation
-accuracy reaches ``search.target`` (so list plans from the smallest student up), or when
-``search.max_plans`` are spent, and otherwise keeps the plan with the best validation
-accuracy. The chosen plan is then distilled for ``student.steps`` on the full training data
-and scored on the test split. Written to DIR: ``leaderboard.json``, ``search.png``; each
-plan's runs live in ``DIR/plans/<name>/seed_<s>/`` and are reused when the search is rerun.
+``search.plans`` are tried in order on a validation split carved from the training data, each
+distilled for ``search.steps`` per seed in ``search.seeds``; the first reaching
+``search.target`` (or the best) is distilled for ``student.steps``, scored on the test split and
+exported (``DIR/final``). Writes ``leaderboard.json`` and ``search.png``; plan results are
+reused while their key holds (docs/partition.md).
 """
-import json
+import dataclasses
 import os
 import time
 from typing import Optional
@@ -19,87 +16,70 @@ from typing import Optional
 import jax
 import numpy as np
 
-from distill_jax import data as data_lib
-from distill_jax import models, pipeline, sharding, train
-from distill_jax.loop import MetricsWriter
+from distill_jax import cli, plans, plots, runner
+from distill_jax.checks import Checked, check
+from distill_jax.config import apply_overrides
+from distill_jax.files import atomic, write_json
+from distill_jax.paths import fingerprint
 
 
 def plan_config(config, plan: dict, seed: int, steps: Optional[int] = None):
-  """The run config of one plan: student model/init from the plan, one seed, ``steps``."""
-  c = config.copy_and_resolve_references()
+  """The run config of one plan: the plan's overrides, one seed, ``steps``."""
+  c = apply_overrides(config, plans.plan_overrides(plan, "search.plans"))
   with c.unlocked():
     c.seed = seed
-    if "hidden" in plan:
-      c.student.model.hidden = tuple(plan["hidden"])
-    c.student.init.strategy = plan["strategy"]
-    if "rules" in plan:
-      c.student.init.rules = plan["rules"]
-    c.student.init[plan["strategy"]] = dict(plan.get("options", {}))
     if steps is not None:
       c.student.steps = steps
   return c
 
 
-def run_plan(plan: dict, seed: int, config, dataset: data_lib.Dataset, teacher, teacher_params,
-             mesh, workdir: str, steps: Optional[int] = None) -> dict:
-  """Distil one plan with one seed; returns (and caches in workdir) its result."""
-  result_path = os.path.join(workdir, "result.json")
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      return json.load(f)
-  os.makedirs(workdir, exist_ok=True)
-  c = plan_config(config, plan, seed, steps)
-  student = models.build(c.student.model, dataset.num_classes)
-  params, report = pipeline.init_student(student, teacher, teacher_params, dataset, c, workdir)
-  params = pipeline.train_model("student", student, params, c.student, c, dataset, mesh,
-                                workdir, teacher=(teacher, teacher_params),
-                                writer=MetricsWriter(os.path.join(workdir, "metrics.jsonl")))
-  logits = pipeline.evaluate(student, params, dataset, mesh, c)
-  result = {"accuracy": train.accuracy(logits, dataset.y_test), "params": report["student_params"],
-            "reused_params": report["reused_params"], "compression": report["compression"]}
-  with open(result_path, "w") as f:
-    json.dump(result, f)
-  return result
-
-
-def search(config, workdir: str) -> dict:
+def search(config, workdir: str, checked: Optional[Checked] = None) -> dict:
   """The evaluate-and-adjust loop; returns the leaderboard."""
   start = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  full = data_lib.load(config.data)
-  val = data_lib.split_train_val(full, config.search.val_fraction, config.data.split_seed)
-  mesh = sharding.make_mesh(config.mesh.to_dict())
-  teacher, teacher_params = pipeline.get_teacher(
-      config, val, mesh, workdir, MetricsWriter(os.path.join(workdir, "metrics.jsonl")))
-  teacher_val = train.accuracy(pipeline.evaluate(teacher, teacher_params, val, mesh, config),
-                               val.y_test)
-  entries, chosen = [], None
-  for plan in list(config.search.plans)[:config.search.max_plans]:
-    runs = [run_plan(plan, s, config, val, teacher, teacher_params, mesh,
-                     os.path.join(workdir, "plans", plan["name"], f"seed_{s}"),
-                     config.search.steps) for s in config.search.seeds]
-    accs = [r["accuracy"] for r in runs]
-    entry = {"plan": plan, "params": runs[0]["params"], "reused_params": runs[0]["reused_params"],
-             "compression": runs[0]["compression"], "val_accuracy": float(np.mean(accs)),
-             "val_accuracy_std": float(np.std(accs)), "val_accuracy_per_seed": accs}
-    entries.append(entry)
-    print(f"plan {plan['name']}: val accuracy {entry['val_accuracy']:.4f} "
-          f"(+-{entry['val_accuracy_std']:.4f}, {len(accs)} seeds), {entry['params']:,} params")
-    if config.search.target and entry["val_accuracy"] >= config.search.target:
-      chosen = entry
-      break
-  chosen = chosen or max(entries, key=lambda e: e["val_accuracy"])
+  checked = checked or check(config)
+  full = runner.start(config, workdir, checked.data)
+  val = dataclasses.replace(full, data=full.task.validation(
+      full.data, config.search.val_fraction, config.data.split_seed))
+  teacher, teacher_params = runner.get_teacher(val, checked.teacher)
+  teacher_id, metric, task = fingerprint(teacher_params), full.task.metric, full.task
+  val_reference = task.reference(teacher, teacher_params, val.data, val.mesh, config)
+  s = config.search
+
+  def score(plan: dict, directory: str) -> dict:
+    rows = []
+    for seed in s.seeds:
+      sub = runner.start(plan_config(config, plan, seed, s.steps),
+                         os.path.join(directory, f"seed_{seed}"), val.data)
+      rows.append(runner.student_path(sub, teacher, teacher_params, val_reference,
+                                      write=False)["student"])
+    values = [r[metric] for r in rows]
+    init = rows[0]["init"]
+    entry = {"params": rows[0]["params"], "reused_params": init["reused_params"],
+             "compression": init["compression"], "val": float(np.mean(values)),
+             "val_std": float(np.std(values)), "val_per_seed": values}
+    print(f"plan {plan['name']}: validation {metric} {entry['val']:.4f} (+-{entry['val_std']:.4f},"
+          f" {len(values)} seeds), {entry['params']:,} params")
+    return entry
+
+  reached = lambda entry: bool(s.target) and entry["val"] >= s.target
+  entries = plans.run_plans(
+      list(s.plans)[:s.max_plans], score, os.path.join(workdir, "plans"),
+      lambda p: plans.key_of(plan_config(config, p, 0, s.steps), list(s.seeds),
+                             val.data.identity, teacher_id),
+      what="search.plans", stop=reached)
+  chosen = next((e for e in entries if reached(e)), None) or max(entries, key=lambda e: e["val"])
   chosen["chosen"] = True
-  final = run_plan(chosen["plan"], config.seed, config, full, teacher, teacher_params, mesh,
-                   os.path.join(workdir, "final"))
-  chosen["test_accuracy"] = final["accuracy"]
-  board = {"teacher": {"val_accuracy": teacher_val}, "target": config.search.target,
-           "reached_target": bool(config.search.target
-                                  and chosen["val_accuracy"] >= config.search.target),
+  final = runner.start(plan_config(config, chosen["plan"], config.seed),
+                       os.path.join(workdir, "final"), full.data)
+  reference = task.reference(teacher, teacher_params, full.data, full.mesh, config)
+  chosen["test"] = runner.student_path(final, teacher, teacher_params, reference)["student"][metric]
+  board = {"metric": metric, "target": s.target, "reached_target": reached(chosen),
+           "teacher": {"val": task.evaluate(teacher, teacher_params, val.data, val.mesh,
+                                            config)[metric]},
            "plans": entries}
-  with open(os.path.join(workdir, "leaderboard.json"), "w") as f:
-    json.dump(board, f, indent=2)
-  plot_leaderboard(board, os.path.join(workdir, "search.png"))
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "leaderboard.json"), board)
+    plot_leaderboard(board, os.path.join(workdir, "search.png"))
   print(format_leaderboard(board))
   print(f"wall time {time.time() - start:.0f} s on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)")
@@ -107,56 +87,40 @@ def search(config, workdir: str) -> dict:
 
 
 def format_leaderboard(board: dict) -> str:
-  lines = [f"{'plan':<24} {'params':>9} {'reused':>9} {'compr.':>7} {'val acc':>16} {'test':>7}"]
-  for e in board["plans"]:
-    test = f"{e['test_accuracy']:.4f}" if "test_accuracy" in e else "-"
-    lines.append(f"{e['plan']['name']:<24} {e['params']:>9,} {e['reused_params']:>9,} "
-                 f"{e['compression']:>6.2f}x {e['val_accuracy']:.4f}+-{e['val_accuracy_std']:.4f} "
-                 f"{test:>7}" + ("  <- chosen" if e.get("chosen") else ""))
-  lines.append(f"teacher val accuracy {board['teacher']['val_accuracy']:.4f}; target "
-               f"{board['target']} {'reached' if board['reached_target'] else 'not reached'}")
-  return "\n".join(lines)
+  m = board["metric"]
+  rows = [("plan", "params", "reused", "compr.", f"val {m}", f"test {m}", "")]
+  rows += [(e["plan"]["name"], f"{e['params']:,}", f"{e['reused_params']:,}",
+            f"{e['compression']:.2f}x", f"{e['val']:.4f}+-{e['val_std']:.4f}",
+            f"{e['test']:.4f}" if "test" in e else "-", "<- chosen" if e.get("chosen") else "")
+           for e in board["plans"]]
+  return (plots.table(rows) + f"\nteacher validation {m} {board['teacher']['val']:.4f}; target "
+          f"{board['target']} {'reached' if board['reached_target'] else 'not reached'}")
 
 
 def plot_leaderboard(board: dict, path: str) -> None:
-  """Validation accuracy against student parameter count, the chosen plan marked."""
+  """Validation metric against student parameter count, each plan labelled, the chosen red."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 4))
-  for e in board["plans"]:
-    ax.errorbar(e["params"], e["val_accuracy"], yerr=e["val_accuracy_std"], fmt="o",
-                color="tab:red" if e.get("chosen") else "tab:blue", capsize=3)
-  # Labels of equal-size plans form a column, best first, each joined to its point.
-  ax.margins(x=0.3)
-  low, high = ax.get_ylim()
-  left, right = ax.get_xlim()
-  groups: dict = {}
-  for e in board["plans"]:
-    groups.setdefault(e["params"], []).append(e)
-  for size, members in groups.items():
-    members.sort(key=lambda e: -e["val_accuracy"])
-    top = members[0]["val_accuracy"]
-    on_left = size > (left + right) / 2          # labels towards the middle of the plot
-    shift = (-0.04 if on_left else 0.04) * (right - left)
-    for k, e in enumerate(members):
-      ax.annotate(f"{e['plan']['name']} {e['val_accuracy']:.3f}", (size, e["val_accuracy"]),
-                  xytext=(size + shift, top - k * 0.05 * (high - low)),
-                  textcoords="data", fontsize=7,
-                  ha="right" if on_left else "left", va="center", arrowprops=dict(arrowstyle="-", lw=0.4, color="gray"))
-  ax.axhline(board["teacher"]["val_accuracy"], color="gray", ls="--", label="teacher")
+  for k, e in enumerate(board["plans"]):
+    ax.errorbar(e["params"], e["val"], yerr=e["val_std"], fmt="o", capsize=3,
+                color="tab:red" if e.get("chosen") else "tab:blue")
+    ax.annotate(f"{e['plan']['name']} {e['val']:.3f}", (e["params"], e["val"]), fontsize=7,
+                xytext=(6, 10 * (k % 3) - 10), textcoords="offset points")
+  ax.axhline(board["teacher"]["val"], color="gray", ls="--", label="teacher")
   if board["target"]:
     ax.axhline(board["target"], color="tab:green", ls=":", label="target")
-  ax.plot([], [], "o", color="tab:red", label="chosen plan")
-  ax.set_xlabel("student parameters (count)")
-  ax.set_ylabel("validation accuracy (fraction)")
-  ax.set_title("plans: accuracy vs size (mean +- std over seeds)")
+  ax.set_xscale("log")
+  ax.set_xlabel("student parameters (count, log scale)")
+  ax.set_ylabel(f"validation {board['metric']} (mean +- std over seeds)")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with atomic(path) as tmp:
+    fig.savefig(tmp, dpi=120)
   plt.close(fig)
 
 
 if __name__ == "__main__":
-  from distill_jax import cli
-  cli.run(search, "Directory for the search's runs, leaderboard and plot.")
+  cli.run(search, "Directory for the teacher, every plan's runs and the leaderboard.",
+          check=check)

@@ -1,15 +1,9 @@
-"""Device meshes and parameter placement by ``(regex, PartitionSpec)`` rules.
+"""Device meshes and placement by big_vision-style ``(regex, PartitionSpec)`` rules.
 
-The mesh has a ``data`` axis and optionally ``fsdp`` (parameters split, FSDP style: each
-device holds a slice and XLA all-gathers it for the matmul) and ``model`` axes. Batches are
-split over ``data`` and ``fsdp`` together, so every device sees distinct examples.
-
-Rules are big_vision-style ``(regex, spec)`` pairs over "/"-joined paths of *any* pytree (the
-whole TrainState: ``params/Dense_0/kernel``, ``opt_state/0/mu/Dense_0/kernel``, ``step``), first
-fullmatch wins, through the partition rule machinery, so a path no rule claims is an error
-naming it. A spec is a tuple with one entry per array dimension (``None``, an axis name, or a
-tuple of axis names); ``()`` replicates. A spec whose axes do not divide the shape is an error
-naming the path, the shape and the axis.
+The mesh has a ``data`` axis and optionally ``fsdp``/``model``; batches split over ``data`` and
+``fsdp``. Rules match "/"-joined paths of any pytree (``params/Dense_0/kernel``,
+``opt_state/0/mu/...``), first fullmatch wins; an unclaimed path, or a spec that does not divide
+a shape, is an error naming the path, shape and axis.
 """
 from typing import Any, Optional, Sequence
 
@@ -17,6 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from distill_jax.errors import InputError
 from distill_jax.partition.core import claim_paths
 from distill_jax.paths import tree_paths
 
@@ -30,14 +25,14 @@ def make_mesh(axes: Optional[dict] = None, devices: Optional[list] = None) -> Me
   axes = dict(axes or {"data": -1})
   sizes = list(axes.values())
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh {axes}: at most one axis may have size -1")
+    raise InputError(f"mesh {axes}: at most one axis may have size -1")
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh {axes}: {len(devices)} devices are not divisible by {known}")
+      raise InputError(f"mesh {axes}: {len(devices)} devices are not divisible by {known}")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"mesh {axes} needs {int(np.prod(sizes))} devices, there are {len(devices)}")
+    raise InputError(f"mesh {axes} needs {int(np.prod(sizes))} devices, there are {len(devices)}")
   return Mesh(np.asarray(devices).reshape(sizes), tuple(axes))
 
 
@@ -60,7 +55,7 @@ def batch_size_per_step(mesh: Mesh) -> int:
 
 def _check_spec(path: str, shape: tuple, spec: tuple, mesh: Mesh, pattern: str) -> None:
   if len(spec) > len(shape):
-    raise ValueError(f"sharding rule {pattern!r}: spec {spec} has {len(spec)} entries but "
+    raise InputError(f"sharding rule {pattern!r}: spec {spec} has {len(spec)} entries but "
                      f"{path!r} has shape {shape}")
   for dim, axes in enumerate(spec):
     if axes is None:
@@ -68,11 +63,11 @@ def _check_spec(path: str, shape: tuple, spec: tuple, mesh: Mesh, pattern: str) 
     names = axes if isinstance(axes, tuple) else (axes,)
     unknown = [a for a in names if a not in mesh.axis_names]
     if unknown:
-      raise ValueError(f"sharding rule {pattern!r} for {path!r}: mesh has no axis {unknown}; "
+      raise InputError(f"sharding rule {pattern!r} for {path!r}: mesh has no axis {unknown}; "
                        f"axes are {mesh.axis_names}")
     size = int(np.prod([mesh.shape[a] for a in names]))
     if shape[dim] % size:
-      raise ValueError(f"sharding rule {pattern!r}: {path!r} has shape {shape}; dimension {dim} "
+      raise InputError(f"sharding rule {pattern!r}: {path!r} has shape {shape}; dimension {dim} "
                        f"({shape[dim]}) is not divisible by mesh axis {axes!r} of size {size}")
 
 
@@ -103,15 +98,12 @@ def place(tree: Any, shardings: Any, copy: bool = False) -> Any:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """This process's numpy batch as global arrays split along the batch axes.
-
-  With several processes each passes its own slice (``process_batch``); the global batch is
-  their concatenation in process order.
-  """
+  """This process's numpy batch as global arrays split along the batch axes (the global
+  batch is the processes' slices in process order)."""
   ways = batch_size_per_step(mesh) // jax.process_count()
   for key, value in batch.items():
     if value.shape[0] % max(ways, 1):
-      raise ValueError(f"batch[{key!r}] has {value.shape[0]} examples on this process, not "
+      raise InputError(f"batch[{key!r}] has {value.shape[0]} examples on this process, not "
                        f"divisible by its {ways} devices along mesh axes {batch_axes(mesh)}; "
                        f"choose a batch_size that is a multiple of {batch_size_per_step(mesh)}")
   sharding = batch_sharding(mesh)
@@ -126,7 +118,7 @@ def process_batch(batch: dict) -> dict:
   out = {}
   for key, value in batch.items():
     if len(value) % n:
-      raise ValueError(f"global batch[{key!r}] of {len(value)} does not split over {n} processes")
+      raise InputError(f"global batch[{key!r}] of {len(value)} does not split over {n} processes")
     size = len(value) // n
     out[key] = value[p * size:(p + 1) * size]
   return out

@@ -1,17 +1,11 @@
 """Teacher outputs computed once and reused by every epoch of distillation.
 
-For recipes without data augmentation the teacher's output on a training example never
-changes, so its forward pass (often most of a KD step) can be paid once: full logits, or
-only the top-k logits and their class indices (k/C of the space; the student then matches the
-teacher's distribution renormalised over those k classes). With augmentation (mixup, crops)
-every step shows new inputs and only the online teacher teaches consistently, so the cache
-refuses such configs.
-
-The cache lives in ``WORKDIR/teacher_cache/`` and is keyed by a hash of the teacher's
-parameters, the training data and the preprocessing; a cache whose key differs is stale and
-is rebuilt, never used.
+Without augmentation the teacher's output on an example never changes, so its forward pass can
+be paid once: all the outputs the terms read, or the top-k logits and their classes (the
+student then matches the teacher renormalised over them). The cache in
+``WORKDIR/teacher_cache/`` is keyed by a hash of the teacher's weights, the training data and
+the settings; a stale cache is rebuilt, never used.
 """
-import hashlib
 import json
 import logging
 import os
@@ -20,48 +14,37 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from distill_jax.data import Dataset
+from distill_jax.errors import InputError
+from distill_jax.paths import fingerprint
 
 log = logging.getLogger(__name__)
 
 
-def hash_tree(h: "hashlib._Hash", tree: Any) -> None:
-  """Feed every leaf of ``tree`` (by sorted path: names and bytes) into hash ``h``."""
-  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(tree)[0],
-                           key=lambda item: jax.tree_util.keystr(item[0])):
-    h.update(jax.tree_util.keystr(path).encode())
-    h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+def cache_key(teacher_params: Any, arrays: dict, settings: dict) -> str:
+  """sha256 over the teacher's weights, the training arrays and the cache settings."""
+  return fingerprint({"teacher": teacher_params, "data": dict(arrays),
+                      "settings": json.dumps(settings, sort_keys=True, default=str)})
 
 
-def cache_key(teacher_params: Any, dataset: Dataset, preprocessing: dict, mode: str,
-              topk: int) -> str:
-  """sha256 over the teacher's weights, the training inputs and the cache settings."""
-  h = hashlib.sha256()
-  hash_tree(h, teacher_params)
-  h.update(np.ascontiguousarray(dataset.x_train).tobytes())
-  h.update(json.dumps({"dataset": dataset.name, "shape": list(dataset.x_train.shape),
-                       "preprocessing": preprocessing, "mode": mode, "topk": topk},
-                      sort_keys=True, default=str).encode())
-  return h.hexdigest()
-
-
-def compute(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, mode: str,
-            topk: int) -> dict[str, np.ndarray]:
-  """Teacher outputs for every row of ``x`` in the batch keys the train step understands."""
-  logits = predict(x).astype(np.float32)
-  if mode == "logits":
-    return {"teacher_logits": logits}
+def compute(outputs: dict[str, np.ndarray], mode: str, topk: int) -> dict[str, np.ndarray]:
+  """The teacher's outputs (``{name: (N, ...)}``) in the batch keys the train step reads:
+  ``teacher_<name>`` for ``full``; the top-k logits and their classes for ``topk``."""
+  if mode == "full":
+    return {f"teacher_{k}": np.asarray(v, np.float32) for k, v in outputs.items()}
   if mode == "topk":
+    if set(outputs) != {"logits"}:
+      raise InputError(f"distill.cache='topk' keeps top-k logits, but the terms read the "
+                       f"teacher's {sorted(outputs)}; use cache='full'")
+    logits = np.asarray(outputs["logits"], np.float32)
     if not 1 <= topk <= logits.shape[-1]:
-      raise ValueError(f"distill.cache_topk={topk} must be in [1, {logits.shape[-1]}]")
+      raise InputError(f"distill.cache_topk={topk} must be in [1, {logits.shape[-1]}]")
     idx = np.argsort(-logits, axis=-1, kind="stable")[:, :topk].astype(np.int32)
     return {"teacher_topk_values": np.take_along_axis(logits, idx, -1), "teacher_topk_indices": idx}
-  raise ValueError(f"distill.cache={mode!r}: use '' (online teacher), 'logits' or 'topk'")
+  raise InputError(f"distill.cache={mode!r}: use '' (online teacher), 'full' or 'topk'")
 
 
-def load_or_build(workdir: str, key: str, build: Callable[[], dict]) -> dict[str, np.ndarray]:
-  """The cached arrays for ``key``; a missing or stale cache is (re)built and saved."""
-  directory = os.path.join(workdir, "teacher_cache")
+def load_or_build(directory: str, key: str, build: Callable[[], dict]) -> dict[str, np.ndarray]:
+  """The cached arrays for ``key`` in ``directory``; a missing or stale cache is (re)built."""
   data_path, key_path = os.path.join(directory, "outputs.npz"), os.path.join(directory, "key.json")
   if os.path.exists(key_path) and os.path.exists(data_path):
     with open(key_path) as f:

@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.stats
 from safetensors.numpy import load_file
 
-from distill_jax.models.bert import BertConfig, build_encoder, init_params
+from distill_jax import models
+from distill_jax.models.bert import BertConfig, init_params
 from distill_jax.paths import flatten, unflatten
 from distill_jax.text import minilm, sts, weights
-from distill_jax.text.student import load_student, load_text_model, save_student
+from distill_jax.text.tokenize import TextTokenizer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TINY = BertConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
@@ -26,7 +26,10 @@ TINY = BertConfig(vocab_size=30522, hidden_size=32, num_layers=2, num_heads=4,
 
 @pytest.fixture(scope="module")
 def teacher():
-  return minilm.load_minilm()
+  """(BertConfig, params, tokenizer, Model) of the packaged all-MiniLM-L6-v2."""
+  model_config, params, tokenizer_path = minilm.load_minilm()
+  config = BertConfig.from_dict({k: v for k, v in model_config.items() if k != "name"})
+  return config, params, TextTokenizer(tokenizer_path), models.build(model_config, {})
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,7 @@ def read_sentences():
 # --- weights -------------------------------------------------------------------------------
 
 def test_import_then_export_is_bit_identical(teacher, hf_tensors, tmp_path):
-  config, params, _ = teacher
+  config, params, *_ = teacher
   assert (config.num_layers, config.hidden_size, config.num_heads) == (6, 384, 12)
   assert flatten(params)["encoder/layer_0/attention/query/kernel"].shape == (384, 384)
   exported = weights.params_to_hf_tensors(params)
@@ -77,7 +80,7 @@ def test_import_errors_name_the_tensors(teacher, hf_tensors):
 
 
 def test_student_layers_export_renumbered(teacher, tmp_path):
-  config, params, _ = teacher
+  config, params, *_ = teacher
   flat = flatten(params)
   keep = ("layer_0/", "layer_2/", "layer_4/")
   student = unflatten({k: v for k, v in flat.items()
@@ -95,14 +98,14 @@ def test_student_layers_export_renumbered(teacher, tmp_path):
 # --- the model -----------------------------------------------------------------------------
 
 def test_parity_with_sentence_transformers(teacher):
-  config, params, tokenizer = teacher
+  config, params, tokenizer, model = teacher
   sentences = read_sentences()
   ref = np.load(os.path.join(FIXTURES, "minilm_reference.npz"))
   digest = hashlib.sha256("\n".join(sentences).encode("utf-8")).hexdigest()
   assert str(ref["sentences_sha256"]) == digest, "fixture sentences changed: rerun reference/"
   assert len(sentences) >= 200
   assert (ref["num_tokens"] > int(ref["max_seq_length"])).sum() >= 2   # truncation exercised
-  ours = minilm.embed(params, config, tokenizer, sentences, batch_size=16,
+  ours = minilm.embed(model, params, tokenizer, sentences, batch_size=16,
                       max_length=int(ref["max_seq_length"]))
   cosines = (ours * ref["embeddings"]).sum(axis=1)
   worst = int(np.argmin(cosines))
@@ -110,21 +113,21 @@ def test_parity_with_sentence_transformers(teacher):
   np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
 
 
-def test_outputs_padding_invariant_and_shaped():
+def test_outputs_padding_invariant_and_attention_captured():
+  model = models.build(dict(name="bert", **TINY.to_dict()), {})
   params = jax.jit(init_params, static_argnums=0)(TINY, jax.random.PRNGKey(0))
-  apply = jax.jit(build_encoder(TINY).apply, static_argnames=("output_hidden_states",
-                                                                 "output_attentions"))
   ids = jnp.array([[101, 2023, 2003, 102]], jnp.int32)
-  padded = jnp.pad(ids, ((0, 0), (0, 4)))
-  mask = jnp.pad(jnp.ones_like(ids), ((0, 0), (0, 4)))
-  short = apply({"params": params}, ids, output_hidden_states=True, output_attentions=True)
-  long = apply({"params": params}, padded, mask, output_attentions=True)
-  assert len(short.hidden_states) == TINY.num_layers + 1 and short.pooled is None
-  assert short.attentions[0].shape == (1, TINY.num_heads, 4, 4)
-  np.testing.assert_allclose(long.last_hidden_state[:, :4], short.last_hidden_state, atol=1e-5)
-  assert float(jnp.abs(long.attentions[1][..., 4:]).max()) == 0.0   # padding gets no attention
-  sentence = jax.jit(build_encoder(TINY, sentence=True).apply)({"params": params}, padded, mask)
-  assert sentence.shape == (1, TINY.hidden_size)
+  short = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "token_type_ids": 0 * ids}
+  long = {k: jnp.pad(v, ((0, 0), (0, 4))) for k, v in short.items()}
+  apply = jax.jit(lambda p, b: model.apply(p, b, capture=True))
+  (out_s, feats_s), (out_l, feats_l) = apply(params, short), apply(params, long)
+  assert out_s["pooled"].shape == (1, TINY.hidden_size)
+  np.testing.assert_allclose(out_l["pooled"], out_s["pooled"], atol=1e-5)   # mean over tokens
+  np.testing.assert_allclose(feats_l["encoder/layer_1"][:, :4], feats_s["encoder/layer_1"],
+                             atol=1e-5)
+  probs = feats_l["encoder/layer_1/attention/1"]
+  assert probs.shape == (1, TINY.num_heads, 8, 8)
+  assert float(jnp.abs(probs[..., 4:]).max()) == 0.0   # padding gets no attention
 
 
 def test_tokenizer_overrides_the_files_128_and_pads(teacher):
@@ -139,14 +142,14 @@ def test_tokenizer_overrides_the_files_128_and_pads(teacher):
 
 # --- STS -----------------------------------------------------------------------------------
 
-def test_spearman_matches_scipy_with_ties():
-  rng = np.random.default_rng(0)
-  x = rng.integers(0, 5, 40).astype(float)          # many ties
-  y = x + rng.integers(0, 3, 40)
-  assert sts.spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
-  np.testing.assert_array_equal(sts.rankdata([3, 1, 3, 2, 3]),
-                                scipy.stats.rankdata([3, 1, 3, 2, 3]))
+def test_spearman_with_ties_matches_hand_ranks():
+  # by hand: average ranks of x = (1, 2, 3, 4) and y = (1, 2.5, 2.5, 4), Pearson of the ranks
+  rx, ry = np.array([1, 2, 3, 4.0]), np.array([1, 2.5, 2.5, 4])
+  want = ((rx - 2.5) * (ry - 2.5)).sum() / np.sqrt(((rx - 2.5) ** 2).sum() * ((ry - 2.5) ** 2).sum())
+  assert sts.spearman([1, 2, 3, 4], [0.1, 0.5, 0.5, 0.9]) == pytest.approx(want, abs=1e-12)
   assert sts.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+  with pytest.raises(ValueError, match="NaN or inf"):
+    sts.spearman([1, 2, float("nan")], [1, 2, 3])
 
 
 def test_read_sts_csv_takes_seven_columns(tmp_path):
@@ -170,24 +173,35 @@ def test_sts_score_of_an_oracle_encoder():
   assert sts.sts_score(embed, pairs) == pytest.approx(100.0)
 
 
-# --- saved students ------------------------------------------------------------------------
+# --- exports -----------------------------------------------------------------------------
 
-def test_save_and_load_student(tmp_path, capsys):
+def test_a_student_export_reloads_and_evaluates_through_the_cli(tmp_path):
+  """The export of a text student (Orbax + model.json + safetensors + tokenizer) reloads as
+  itself, as a HF folder, and scores through ``distill_jax.evaluate``."""
+  from distill_jax import runner
+  from distill_jax.checkpoint import save_export
+  from distill_jax.tasks import TASKS
+  from distill_jax.config import load
+  from tests.helpers import ROOT, command
+  config = load(os.path.join(ROOT, "configs", "minilm_l6_to_l3.py"), "smoke")
+  task = TASKS.get("sentence_embedding")
+  data = task.load(config)
+  tiny = dict(name="bert", **TINY.to_dict())
+  model = models.build(tiny, {})
   params = init_params(TINY, jax.random.PRNGKey(1))
-  save_student(str(tmp_path / "s"), params, TINY)
-  restored, config = load_student(str(tmp_path / "s"))
-  assert config == TINY
-  assert jax.tree.structure(restored) == jax.tree.structure(params)
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
-    np.testing.assert_array_equal(a, b)
+  export = str(tmp_path / "export")
+  save_export(export, model, params, dict(data.info), dict(data.example))
+  task.export(export, model, params, data, config)
+  loaded, restored = runner.load_model(task, export, data)
+  assert loaded.config == model.config
+  jax.tree.map(np.testing.assert_array_equal, restored, params)
+  os.remove(os.path.join(export, "model.json"))                # the HF layout alone
+  hf_model, hf_params = runner.load_model(task, export, data)
+  assert hf_model.config["num_layers"] == 2
+  jax.tree.map(np.testing.assert_array_equal, hf_params, params)
   with pytest.raises(ValueError, match="embeddings/word_embeddings/embedding"):
-    save_student(str(tmp_path / "t"), params, TINY.replace(hidden_size=64))
-  # the CLI end to end on a saved student (the teacher's tokenizer) and a tiny CSV
-  csv = tmp_path / "sts.csv"
-  csv.write_text("".join(f"g\tf\t2012\t{i}\t{i % 5}.0\tA man plays {i}.\tA dog runs {i}.\n"
-                         for i in range(6)), encoding="utf-8")
-  from distill_jax import sts_eval
-  assert sts_eval.main([f"--model={tmp_path / 's'}", f"--data={csv}", "--max_length=32"]) == 0
-  last = capsys.readouterr().out.strip().splitlines()[-1]
-  assert -100.0 <= float(last) <= 100.0
-  assert load_text_model(str(tmp_path / "s"))[0] == TINY
+    save_export(str(tmp_path / "t"), models.build(dict(tiny, hidden_size=64, num_heads=4), {}),
+                params, {}, dict(data.example))
+  out = command("evaluate", "--config=configs/minilm_l6_to_l3.py:smoke", f"--model={export}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert -100.0 <= float(out.stdout.strip().splitlines()[-1]) <= 100.0

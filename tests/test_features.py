@@ -1,19 +1,20 @@
-"""Feature-level KD: each loss against a hand-computed value, feature capture, projections."""
+"""Feature-level KD: each term against a hand-computed value, feature capture, projections,
+a term registered from outside the package, and a stage-wise run that exports no projection."""
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from distill_jax import features, losses, models, train
+from distill_jax import features, losses, train
 from distill_jax.paths import flatten
+from tests.helpers import build, init_params, mlp
 
 
 def _loss(name, teacher, student):
-  return float(losses.FEATURE_LOSSES.get(name)(jnp.array(teacher, jnp.float32),
-                                               jnp.array(student, jnp.float32)))
+  return float(losses.TERMS.get(name).fn(jnp.array(teacher, jnp.float32),
+                                         jnp.array(student, jnp.float32)))
 
 
 def test_hint_is_mean_squared_error():
@@ -68,36 +69,32 @@ def test_decoupled_kd_matches_hand_value():
   assert float(got_t2) == pytest.approx(4 * (0.5 * tckd + 2.0 * nckd), rel=1e-5)
 
 
-def test_dkd_logit_loss_adds_the_label_term():
+def test_dkd_term_reads_the_labels_of_the_batch():
   s, t, y = jnp.array([[0.0, 1.0, 0.0]]), jnp.zeros((1, 3)), jnp.array([0])
-  hard = losses.cross_entropy(s, y)
-  got = losses.LOGIT_LOSSES.get("dkd")(s, t, y, 1.0, hard, alpha=1.0, beta=8.0)
-  assert float(got) == pytest.approx(float(hard + losses.decoupled_kd(s, t, y, 1.0)), rel=1e-6)
-
-
-def _model(**kw):
-  return models.build(ml_collections.ConfigDict(kw), num_classes=10)
+  got = losses.dkd({"logits": s}, {"logits": t}, {"y": y}, temperature=2.0, beta=4.0)
+  assert float(got) == pytest.approx(float(losses.decoupled_kd(s, t, y, 2.0, 1.0, 4.0)),
+                                     rel=1e-6)
 
 
 def test_capture_returns_named_features_with_values_and_shapes():
-  model = _model(name="mlp", hidden=(7, 5))
-  params = train.init_params(model, (12,), jax.random.PRNGKey(0))
+  model = mlp((7, 5))
+  params = init_params(model, (12,), jax.random.PRNGKey(0))
   x = np.random.default_rng(0).normal(size=(3, 12)).astype(np.float32)
-  logits, feats = features.capture(model.apply, params, x)
+  out, feats = model.apply(params, {"x": x}, capture=True)
   assert {k: v.shape for k, v in feats.items()} == {"Dense_0": (3, 7), "Dense_1": (3, 5),
                                                     "Dense_2": (3, 10)}
   want = x @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]   # pre-activation output
   np.testing.assert_allclose(feats["Dense_0"], want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(feats["Dense_2"], logits)
+  np.testing.assert_allclose(feats["Dense_2"], out["logits"])
 
 
 def test_capture_names_cnn_and_gru_features():
-  x = np.zeros((2, 40), np.float32)
-  cnn = _model(name="cnn", channels=(4, 6), hidden=(8,), kernel_size=(5,))
-  _, feats = features.capture(cnn.apply, train.init_params(cnn, (40,), jax.random.PRNGKey(0)), x)
+  batch = {"x": np.zeros((2, 40), np.float32)}
+  cnn = build(name="cnn", channels=(4, 6), hidden=(8,), kernel_size=(5,))
+  _, feats = cnn.apply(init_params(cnn, (40,), jax.random.PRNGKey(0)), batch, capture=True)
   assert feats["Conv_0"].shape == (2, 40, 4) and feats["Conv_1"].shape == (2, 20, 6)
-  gru = _model(name="gru", units=3)
-  _, feats = features.capture(gru.apply, train.init_params(gru, (40,), jax.random.PRNGKey(0)), x)
+  gru = build(name="gru", units=3)
+  _, feats = gru.apply(init_params(gru, (40,), jax.random.PRNGKey(0)), batch, capture=True)
   assert feats["GRU_0"].shape == (2, 40, 6)                # both directions, every step
   assert feats["GRU_0/forward_rnn/1"].shape == (2, 40, 3)  # (carry, outputs)[1]
 
@@ -125,43 +122,63 @@ def test_projection_maps_the_student_to_the_teacher_shape(s_shape, t_shape, kern
   assert out.shape == (3,) + t_shape
 
 
-def _setup(pairs, loss_names):
-  teacher, student = _model(name="mlp", hidden=(16, 8)), _model(name="mlp", hidden=(6,))
-  tp = train.init_params(teacher, (12,), jax.random.PRNGKey(0))
-  sp = train.init_params(student, (12,), jax.random.PRNGKey(1))
-  cfg = ml_collections.ConfigDict({"pairs": pairs, "losses": [(n, 1.0) for n in loss_names]})
-  fd, proj = features.setup(cfg, teacher.apply, tp, student.apply, sp, np.zeros((2, 12)),
-                            jax.random.PRNGKey(2))
-  return teacher, student, tp, sp, fd, proj
+def _setup(terms):
+  teacher, student = mlp((16, 8)), mlp((6,))
+  tp = init_params(teacher, (12,), jax.random.PRNGKey(0))
+  sp = init_params(student, (12,), jax.random.PRNGKey(1))
+  bound = losses.bind(terms, "distill.terms")
+  resolved, proj = features.setup(bound, teacher, tp, student, sp, {"x": np.zeros((2, 12))},
+                                  jax.random.PRNGKey(2))
+  return teacher, student, tp, sp, bound, resolved, proj
 
 
-def test_setup_projects_only_for_elementwise_losses():
-  *_, fd, proj = _setup((("Dense_1", "Dense_0"),), ["hint"])
-  assert fd.pairs == (("Dense_1", "Dense_0"),) and proj["pair_0"]["kernel"].shape == (6, 8)
-  *_, proj = _setup((("Dense_1", "Dense_0"),), ["rkd"])
+def test_setup_projects_only_for_elementwise_terms():
+  *_, resolved, proj = _setup((("kd", 1.0, {}), ("hint", 1.0, {"pairs": (("Dense_1", "Dense_0"),)})))
+  assert resolved[0].index == 1 and resolved[0].pairs == (("Dense_1", "Dense_0", (8,)),)
+  assert proj["term_1_pair_0"]["kernel"].shape == (6, 8)
+  *_, proj = _setup((("rkd", 1.0, {"pairs": (("Dense_1", "Dense_0"),)}),))
   assert proj == {}
 
 
-def test_feature_step_trains_projection_and_lowers_the_feature_loss():
-  teacher, student, tp, sp, fd, proj = _setup((("Dense_1", "Dense_0"),), ["hint"])
-  step = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5,
-                                       logit_weight=0.0, features=fd))
-  state = train.create_state(student, features.wrap(sp, proj), train.make_optimizer(1e-2, 50),
-                             jax.random.PRNGKey(3))
+def test_layer_pairs_follow_the_teacher_layers_of_the_init():
+  assert features.expand_layer_pairs("encoder/layer_{}", [0, 4, 5]) == (
+      ("encoder/layer_0", "encoder/layer_0"), ("encoder/layer_4", "encoder/layer_1"),
+      ("encoder/layer_5", "encoder/layer_2"))
+  with pytest.raises(ValueError, match="keeps no teacher layers"):
+    features.expand_layer_pairs("Dense_{}", None)
+
+
+def _feature_only_step(terms, steps=30):
+  teacher, student, tp, sp, bound, resolved, proj = _setup(terms)
+  step = jax.jit(train.make_train_step(student, bound, teacher, features=resolved))
+  state = train.TrainState.create(sp, train.make_optimizer(1e-2, 50), jax.random.PRNGKey(3), proj)
   batch = {"x": np.random.default_rng(0).normal(size=(32, 12)).astype(np.float32),
            "y": np.zeros(32, np.int32)}
-  first = None
-  for _ in range(30):
-    new, metrics = step(state, batch, tp)
-    first = float(metrics["loss"]) if first is None else first
-    state = new
-  assert float(metrics["loss"]) < 0.5 * first
-  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), proj,
-                       state.params[features.PROJECTION])
+  losses_seen = []
+  for _ in range(steps):
+    state, metrics = step(state, batch, tp)
+    losses_seen.append(float(metrics["loss"]))
+  return sp, proj, state, losses_seen
+
+
+def test_feature_step_trains_projection_and_lowers_the_feature_loss():
+  sp, proj, state, seen = _feature_only_step((("hint", 1.0, {"pairs": (("Dense_1", "Dense_0"),)}),))
+  assert seen[-1] < 0.5 * seen[0]
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), proj, state.projections)
   assert min(jax.tree.leaves(moved)) > 0           # the projection was trained too
-  # the head gets no gradient from a feature-only loss (logit_weight=0)
-  np.testing.assert_array_equal(state.params["student"]["Dense_1"]["kernel"],
-                                sp["Dense_1"]["kernel"])
+  # the head gets no gradient from a feature-only loss
+  np.testing.assert_array_equal(state.params["Dense_1"]["kernel"], sp["Dense_1"]["kernel"])
+
+
+def test_a_feature_term_registered_outside_the_package_trains():
+  @losses.term("test_l1_feature", reads=("features",), project=True)
+  def l1(teacher, student, scale=1.0):
+    return scale * jnp.mean(jnp.abs(student - teacher))
+
+  sp, proj, state, seen = _feature_only_step(
+      (("test_l1_feature", 1.0, {"pairs": (("Dense_1", "Dense_0"),), "scale": 2.0}),))
+  assert proj and seen[-1] < 0.7 * seen[0]
+  assert not np.array_equal(state.params["Dense_0"]["kernel"], sp["Dense_0"]["kernel"])
 
 
 def test_reuse_head_copies_where_shapes_fit_and_keeps_the_rest():
@@ -176,46 +193,40 @@ def test_reuse_head_copies_where_shapes_fit_and_keeps_the_rest():
     features.reuse_head(t, s, [("Dense_9", "Dense_1")])
 
 
-def test_student_params_drops_the_projection():
-  sp = {"Dense_0": {"kernel": np.zeros((2, 2))}}
-  wrapped = features.wrap(sp, {"pair_0": {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)}})
-  assert features.student_params(wrapped) is sp
-  assert "projection" not in flatten(features.student_params(wrapped))
-
-
 def _feature_run_config():
-  from distill_jax.config_files import load
+  from distill_jax.config import load
   c = load("configs/digits_mlp10_to3.py", "smoke")
   c.teacher.model.hidden, c.teacher.steps = (32, 24), 30
   c.student.model.hidden, c.student.steps, c.student.mixup = (16,), 12, 0.0
-  c.student.init.strategy, c.baseline, c.eval_every = "random", False, 0
+  c.student.init.strategy, c.baseline.enabled, c.eval_every = "random", False, 0
   c.checkpoint_every = 6
-  c.distill.features.pairs = (("Dense_1", "Dense_0"),)     # (24,) <- (16,): a projection
-  c.distill.features.losses = (("hint", 1.0), ("rkd", 1.0))
-  c.distill.features.stagewise, c.distill.features.stage1_steps = True, 6
-  c.distill.features.head = (("Dense_2", "Dense_1"),)      # (24, 10) vs (16, 10): kept
+  pairs = {"pairs": (("Dense_1", "Dense_0"),)}             # (24,) <- (16,): a projection
+  c.distill.terms = (("kd", 0.9, {"temperature": 4.0}), ("ce", 0.1, {}), ("hint", 1.0, pairs),
+                     ("rkd", 1.0, pairs))
+  c.distill.stage1.steps = 6
+  c.distill.stage1.head = (("Dense_2", "Dense_1"),)        # (24, 10) vs (16, 10): kept
   return c
 
 
-def test_pipeline_exports_the_student_without_projection_and_resumes(tmp_path):
-  from distill_jax import pipeline
-  from distill_jax.checkpoint import Checkpointer, restore_params
+def test_a_stagewise_run_exports_the_student_without_projection_and_resumes(tmp_path):
+  from distill_jax.checkpoint import Checkpointer
+  from distill_jax.main import run_job
   c = _feature_run_config()
-  summary = pipeline.run(c, str(tmp_path), pipeline.validate(c))
-  student = models.build(c.student.model, 10)
-  template = train.init_params(student, (64,), jax.random.PRNGKey(0))
+  summary = run_job(c, str(tmp_path))
+  template = init_params(mlp((16,)), (64,), jax.random.PRNGKey(0))
   for phase in ("features", "student"):
-    directory = tmp_path / phase / "checkpoints"
-    manager = Checkpointer(str(directory)).manager
+    manager = Checkpointer(str(tmp_path / phase / "checkpoints")).manager
     meta = manager.item_metadata(manager.latest_step())
     saved_params = set(flatten(getattr(meta["params"], "tree", meta["params"])))
     assert saved_params == set(flatten(template)), phase      # the student and nothing else
-    # the projection is training state: saved beside the optimizer state, for resuming (stage
-    # 2 of a stage-wise run distils outputs only: no projection there)
-    assert ("projection" in meta["train"].keys()) == (phase == "features")
+    # the projection is training state, saved beside the optimizer state for resuming (stage
+    # 2 of a stage-wise run has no feature term: no projection there)
+    projections = set(flatten(dict(meta["train"].tree["projections"])))
+    assert bool(projections) == (phase == "features"), projections
     manager.close()
-    restored = restore_params(str(directory), template)
-    assert set(flatten(restored)) == set(flatten(template))
-  # a rerun finds both phases finished and restores their wrapped state (projection included)
-  again = pipeline.run(c, str(tmp_path), pipeline.validate(c))
+  from distill_jax.checkpoint import read_export_meta
+  exported = read_export_meta(str(tmp_path / "student" / "export"))
+  assert exported["model"]["hidden"] == [16]
+  # a rerun finds both phases finished and restores their state (projection included)
+  again = run_job(c, str(tmp_path))
   assert again["student"]["accuracy"] == summary["student"]["accuracy"]

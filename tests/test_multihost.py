@@ -9,11 +9,10 @@ import sys
 import jax
 import numpy as np
 
-from distill_jax import train
-from distill_jax.checkpoint import restore_params
-from tests.helpers import ROOT, mlp
+from distill_jax.checkpoint import load_export_params
+from tests.helpers import ROOT, fixed_batch, mlp
 
-ARGS = ["--config=configs/digits_mlp10_to3.py:smoke", "--config.baseline=False",
+ARGS = ["--config=configs/digits_mlp10_to3.py:smoke", "--config.baseline.enabled=False",
         "--config.teacher.steps=20", "--config.student.steps=20", "--config.log_every=5",
         "--config.checkpoint_every=10"]
 
@@ -41,8 +40,7 @@ def _losses(workdir, split="train"):
 
 
 def _params(workdir, phase, hidden):
-  template = train.init_params(mlp(hidden), (64,), jax.random.PRNGKey(0))
-  return restore_params(os.path.join(workdir, phase, "checkpoints"), template)
+  return load_export_params(os.path.join(workdir, phase, "export"), mlp(hidden), fixed_batch(2))
 
 
 def test_two_processes_match_one_process(tmp_path):

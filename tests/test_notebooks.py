@@ -29,4 +29,14 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
     assert "student distilled" in printed and "compression" in printed
   if path.endswith("minilm_distill.ipynb"):
     assert "student vs teacher cosine" in printed and "of the teacher" in printed
-    assert "curves.png" in printed and "student_safetensors" in printed
+    assert "curves.png" in printed and "model.safetensors" in printed
+    assert "offline (or SMOKE): the repository's fixtures" in printed
+  if path.endswith("partition_rules.ipynb"):
+    assert "student distilled" in printed     # the registered residual MLP ran through main
+
+
+def test_notebooks_install_from_the_one_repository_url():
+  import distill_jax
+  for path in NOTEBOOKS:
+    setup = nbformat.read(path, as_version=4).cells[1].source
+    assert f'REPOSITORY = "{distill_jax.REPOSITORY}"' in setup, path

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 from distill_jax import partition as P
-from distill_jax import train
 from distill_jax.paths import flatten
-from tests.helpers import mlp
+from tests.helpers import build, init_params, mlp
 
 
 def _mlp_params(hidden=(5,) * 9):
-  return train.init_params(mlp(hidden, num_classes=3), (8,), jax.random.PRNGKey(0))
+  return init_params(mlp(hidden, num_classes=3), (8,), jax.random.PRNGKey(0))
 
 
 def _assert_same_tree(a, b):
@@ -97,10 +96,8 @@ def test_role_rule_uses_model_order_even_when_keys_are_sorted_as_strings():
 
 
 def test_role_rule_on_the_cnn():
-  import ml_collections
-  from distill_jax import models
-  cnn = models.build(ml_collections.ConfigDict(dict(name="cnn", channels=(4, 8), hidden=(16,))), 10)
-  params = train.init_params(cnn, (8, 8), jax.random.PRNGKey(0))
+  cnn = build(name="cnn", channels=(4, 8), hidden=(16,))
+  params = init_params(cnn, (8, 8), jax.random.PRNGKey(0))
   parts = P.partition(params, [("role",)])
   assert {c.path.split("/")[0]: c.group for c in parts.claims} == {
       "Conv_0": "stem", "Conv_1": "body", "Dense_0": "body", "Dense_1": "head"}

@@ -5,17 +5,17 @@ import jax
 import numpy as np
 import pytest
 
-from distill_jax import recombine, train
+from distill_jax import recombine
 from distill_jax.paths import count_params, flatten
 from distill_jax.recombine.similarity import linear_cka, merge_adjacent, weight_cosine
 from distill_jax.recombine.strategies import consecutive_blocks, plan_layers
-from tests.helpers import mlp
+from tests.helpers import init_params, mlp
 
 RULES = (("depth", r"Dense_(\d+)"),)
 
 
 def _params(hidden, seed, num_classes=3):
-  return train.init_params(mlp(hidden, num_classes), (8,), jax.random.PRNGKey(seed))
+  return init_params(mlp(hidden, num_classes), (8,), jax.random.PRNGKey(seed))
 
 
 def _shapes(tree):
@@ -96,7 +96,7 @@ def test_merge_adjacent_merges_the_most_similar_pair_first():
 def test_similarity_with_data_saves_heatmap_and_json(tmp_path, mode):
   teacher = mlp((5,) * 9, 3)
   x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
-  ctx = recombine.Context(teacher.apply, TEACHER, x, str(tmp_path))
+  ctx = recombine.Context(teacher, TEACHER, {"x": x}, str(tmp_path))
   params, report = _run("similarity", context=ctx, mode=mode)
   assert _shapes(params) == _shapes(STUDENT)
   saved = json.loads((tmp_path / "similarity.json").read_text())
@@ -134,8 +134,8 @@ def test_width_slices_consistently_so_dead_units_can_be_removed_exactly():
   assert _shapes(params) == _shapes(_params((5, 5), 3))
   assert report["reused_params"] == count_params(params)
   x = np.random.default_rng(1).normal(size=(16, 8)).astype(np.float32)
-  np.testing.assert_allclose(student_model.apply({"params": params}, x),
-                             teacher_model.apply({"params": t}, x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(student_model.apply(params, {"x": x})[0]["logits"],
+                             teacher_model.apply(t, {"x": x})[0]["logits"], rtol=1e-5, atol=1e-6)
 
 
 def test_width_by_activation_keeps_the_most_active_units():
@@ -143,7 +143,7 @@ def test_width_by_activation_keeps_the_most_active_units():
   t = jax.tree.map(np.array, _params((9,), 2))
   t["Dense_0"]["bias"][:] = np.arange(9) * 10.0      # unit 8 most active, then 7, 6...
   x = np.zeros((4, 8), np.float32)
-  ctx = recombine.Context(teacher.apply, t, x)
+  ctx = recombine.Context(teacher, t, {"x": x})
   params, _ = recombine.recombine(t, _params((3,), 3), strategy="width", rules=RULES,
                                   context=ctx, importance="activation")
   np.testing.assert_array_equal(params["Dense_0"]["bias"], [60.0, 70.0, 80.0])

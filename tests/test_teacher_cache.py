@@ -1,32 +1,21 @@
 """The teacher-output cache: keyed, never stale, and equivalent to the online teacher."""
-import importlib.util
-
 import jax
 import numpy as np
 import pytest
 
-from distill_jax import pipeline, sharding, teacher_cache, train
-from distill_jax.data.dataset import Dataset
-from tests.helpers import ROOT, mlp, state_for
+from distill_jax import runner, teacher_cache
+from tests.helpers import mlp, state_for, toy_config, toy_data
 
 
-def _dataset(seed=0):
-  rng = np.random.default_rng(seed)
-  return Dataset("toy", rng.normal(size=(40, 64)).astype(np.float32),
-                 rng.integers(0, 10, 40).astype(np.int32),
-                 rng.normal(size=(8, 64)).astype(np.float32), np.arange(8, dtype=np.int32), 10)
-
-
-def test_cache_key_changes_with_teacher_data_and_preprocessing():
+def test_cache_key_changes_with_teacher_data_and_settings():
   params = state_for(mlp((8,))).params
-  key = lambda p=params, d=_dataset(), pre=None, mode="logits", k=5: teacher_cache.cache_key(
-      p, d, pre or {"scale": 1}, mode, k)
+  data = toy_data().train
+  key = lambda p=params, d=data, s=None: teacher_cache.cache_key(p, d, s or {"cache": "full"})
   base = key()
   assert base == key()
   assert base != key(p=jax.tree.map(lambda a: a + 1e-3, params))
-  assert base != key(d=_dataset(seed=1))
-  assert base != key(pre={"scale": 2})
-  assert base != key(mode="topk")
+  assert base != key(d=toy_data(seed=1).train)
+  assert base != key(s={"cache": "topk"})
 
 
 def test_stale_cache_is_detected_and_rebuilt(tmp_path, capsys):
@@ -49,47 +38,40 @@ def test_stale_cache_is_detected_and_rebuilt(tmp_path, capsys):
 
 def test_topk_cache_keeps_the_k_largest_logits_and_their_classes():
   logits = np.array([[0.1, 3.0, -1.0, 2.0]], np.float32)
-  out = teacher_cache.compute(lambda x: logits, np.zeros((1, 1)), "topk", 2)
+  out = teacher_cache.compute({"logits": logits}, "topk", 2)
   np.testing.assert_array_equal(out["teacher_topk_indices"], [[1, 3]])
   np.testing.assert_allclose(out["teacher_topk_values"], [[3.0, 2.0]])
   with pytest.raises(ValueError, match="cache_topk=7 must be in"):
-    teacher_cache.compute(lambda x: logits, np.zeros((1, 1)), "topk", 7)
+    teacher_cache.compute({"logits": logits}, "topk", 7)
+  with pytest.raises(ValueError, match="the terms read the teacher's \\['pooled'\\]"):
+    teacher_cache.compute({"pooled": logits}, "topk", 2)
 
 
-def _config(**distill):
-  spec = importlib.util.spec_from_file_location("cfg", f"{ROOT}/configs/digits_mlp10_to3.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("smoke")
-  c.student.mixup, c.student.steps, c.log_every, c.batch_size = 0.0, 12, 4, 16
-  c.student.model.dropout = 0.0
-  c.distill.update(distill)
-  return c
+def _distil(workdir, **distill):
+  config = toy_config(**{"student.steps": 12, "batch_size": 16, "student.mixup": 0.0,
+                         **{f"distill.{k}": v for k, v in distill.items()}})
+  run = runner.start(config, str(workdir), toy_data(n_train=40))
+  teacher, student = mlp((32,)), mlp((16,))
+  tparams = state_for(teacher, seed=3).params
+  fresh = student.init(jax.random.PRNGKey(1), run.data.example)
+  return runner.train_phase(run, "student", student, fresh, config.student, config.distill.terms,
+                            (teacher, tparams))
 
 
 def test_training_from_the_cache_matches_the_online_teacher(tmp_path):
-  ds = _dataset()
-  teacher, student = mlp((32,)), mlp((16,))
-  tparams = state_for(teacher, seed=3).params
-  mesh = sharding.make_mesh()
-  results = {}
-  for mode in ("", "logits", "topk"):
-    config = _config(cache=mode, cache_topk=10)
-    fresh = train.init_params(student, (64,), jax.random.PRNGKey(1))
-    results[mode] = pipeline.train_model("student", student, fresh, config.student, config, ds,
-                                         mesh, str(tmp_path / (mode or "online")),
-                                         teacher=(teacher, tparams))
+  results = {mode: _distil(tmp_path / (mode or "online"), cache=mode, cache_topk=10)
+             for mode in ("", "full", "topk")}
   # full logits and top-10 of 10 classes are the same teacher: same parameters
-  for mode in ("logits", "topk"):
+  for mode in ("full", "topk"):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
                  results[""], results[mode])
-  assert (tmp_path / "logits" / "teacher_cache" / "outputs.npz").exists()
+  assert (tmp_path / "full" / "teacher_cache" / "outputs.npz").exists()
 
 
 def test_the_cache_refuses_augmented_recipes(tmp_path):
-  config = _config(cache="logits")
-  config.student.mixup = 1.0
   with pytest.raises(ValueError, match="mixed-up inputs need the online teacher"):
-    pipeline.train_model("student", mlp((16,)), state_for(mlp((16,))).params, config.student,
-                         config, _dataset(), sharding.make_mesh(), str(tmp_path),
-                         teacher=(mlp((32,)), state_for(mlp((32,))).params))
+    config = toy_config(**{"distill.cache": "full", "student.mixup": 1.0})
+    run = runner.start(config, str(tmp_path), toy_data())
+    teacher, student = mlp((32,)), mlp((16,))
+    runner.train_phase(run, "student", student, state_for(student).params, config.student,
+                       config.distill.terms, (teacher, state_for(teacher).params))

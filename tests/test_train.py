@@ -1,27 +1,43 @@
-"""The pure train step: it learns, and data parallelism does not change its numbers."""
+"""The one train step: it learns, its loss is the weighted sum of its terms, mixup mixes what it
+should, and data parallelism, accumulation, caches and precision do not change its numbers."""
 import jax
 import numpy as np
 import pytest
 
-from distill_jax import sharding, train
+from distill_jax import losses, sharding, train
 from tests.helpers import fixed_batch, mlp, run_python, state_for
 
+HINTON = (("kd", 0.7, {"temperature": 4.0}), ("ce", 0.3, {}))
 
-def _kd_step(teacher, student):
-  return jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=4.0, alpha=0.7))
+
+def _step(student, teacher=None, terms=HINTON, **kw):
+  return jax.jit(train.make_train_step(student, losses.bind(terms, "terms"), teacher, **kw))
 
 
 def test_kd_train_step_lowers_loss_on_a_fixed_batch():
   teacher, student = mlp((32, 32, 32)), mlp((16,))
   teacher_params = state_for(teacher, seed=5).params
   state, batch = state_for(student), fixed_batch()
-  step = _kd_step(teacher, student)
-  losses = []
+  step = _step(student, teacher)
+  seen = []
   for _ in range(30):
     state, metrics = step(state, batch, teacher_params)
-    losses.append(float(metrics["loss"]))
-  assert losses[-1] < 0.5 * losses[0], losses
+    seen.append(float(metrics["loss"]))
+  assert seen[-1] < 0.5 * seen[0], seen
   assert int(state.step) == 30
+
+
+def test_the_loss_is_the_weighted_sum_of_the_terms_computed_apart():
+  teacher, student = mlp((32,)), mlp((16,))
+  tparams, state, batch = state_for(teacher, seed=5).params, state_for(student), fixed_batch()
+  _, metrics = _step(student, teacher)(state, batch, tparams)
+  s = student.apply(state.params, batch)[0]["logits"]
+  t = teacher.apply(tparams, batch)[0]["logits"]
+  kd = 16.0 * losses.kl_divergence(t, s, 4.0)
+  ce = losses.cross_entropy(s, batch["y"])
+  assert float(metrics["kd"]) == pytest.approx(float(kd), rel=1e-5)
+  assert float(metrics["ce"]) == pytest.approx(float(ce), rel=1e-5)
+  assert float(metrics["loss"]) == pytest.approx(float(0.7 * kd + 0.3 * ce), rel=1e-5)
 
 
 def test_teacher_is_not_updated_and_only_student_changes():
@@ -30,28 +46,38 @@ def test_teacher_is_not_updated_and_only_student_changes():
   before = jax.tree.map(np.array, teacher_params)
   state = state_for(student)
   student_before = jax.tree.map(np.array, state.params)
-  new_state, _ = _kd_step(teacher, student)(state, fixed_batch(), teacher_params)
+  new_state, _ = _step(student, teacher)(state, fixed_batch(), teacher_params)
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, teacher_params))
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), student_before,
                          jax.tree.map(np.array, new_state.params))
   assert all(jax.tree_util.tree_leaves(changed))
 
 
-def test_mixup_with_lambda_one_is_identity():
+def test_mixup_mixes_the_inputs_it_is_given_and_leaves_the_rest():
   x = np.arange(12, dtype=np.float32).reshape(4, 3)
-  mixed, lam = train.mixup(x, jax.random.PRNGKey(0), 1.0)
-  np.testing.assert_allclose(mixed, lam * x + (1 - lam) * np.roll(x, 1, 0), rtol=1e-6)
-  assert 0.0 <= float(lam) <= 1.0
+  batch = {"x": x, "y": np.arange(4), "ids": np.arange(4)}
+  mixed = train.mixup(batch, ("x",), jax.random.PRNGKey(0), 1.0)
+  lam = float(mixed["mixup_lambda"])
+  assert 0.0 < lam < 1.0
+  # row i is lam * row i + (1 - lam) * row i-1 (row 0 mixes with the last)
+  np.testing.assert_allclose(mixed["x"][2], lam * x[2] + (1 - lam) * x[1], rtol=1e-6)
+  np.testing.assert_allclose(mixed["x"][0], lam * x[0] + (1 - lam) * x[3], rtol=1e-6)
+  np.testing.assert_array_equal(mixed["y"], batch["y"])
+  # Beta(alpha, alpha) is symmetric: over many keys lambda averages 1/2
+  lams = [float(train.mixup(batch, ("x",), jax.random.PRNGKey(i), 0.5)["mixup_lambda"])
+          for i in range(200)]
+  assert abs(np.mean(lams) - 0.5) < 0.06 and min(lams) < 0.1 and max(lams) > 0.9
 
 
 MULTI_DEVICE_CHECK = """
 import jax, numpy as np
-from distill_jax import sharding, train
+from distill_jax import losses, sharding, train
 from tests.helpers import fixed_batch, mlp, state_for
 assert jax.device_count() == 8, jax.devices()
 teacher, student = mlp((32, 32)), mlp((16,))
 tparams = state_for(teacher, seed=3).params
-step = train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5)
+terms = losses.bind((("kd", 0.5, {"temperature": 2.0}), ("ce", 0.5, {})), "terms")
+step = train.make_train_step(student, terms, teacher)
 FSDP = ((r".*Dense_0/kernel", (None, "fsdp")), (r".*kernel", ("fsdp", None)), (".*", ()))
 setups = [({"data": 1}, jax.devices()[:1], sharding.REPLICATED),
           ({"data": -1}, None, sharding.REPLICATED),
@@ -65,20 +91,20 @@ for axes, devices, rules in setups:
   state = sharding.place(state, state_sh, copy=True)
   tp = sharding.place(tparams, teacher_sh)
   jstep = train.jit_train_step(step, mesh, state_sh, teacher_sh)
-  losses = []
+  seen = []
   for i in range(4):
     batch = sharding.shard_batch(fixed_batch(seed=i), mesh)
     state, metrics = jstep(state, batch, tp)
-    losses.append(float(metrics["loss"]))   # waits every step: see PITFALLS
+    seen.append(float(metrics["loss"]))   # waits every step: see docs/pitfalls.md
   kernel = state.params["Dense_0"]["kernel"]
-  mu = state.opt_state[0].mu["Dense_0"]["kernel"]
-  results.append((losses, jax.tree.map(np.asarray, state.params),
+  mu = state.opt_state[0].mu[0]["Dense_0"]["kernel"]
+  results.append((seen, jax.tree.map(np.asarray, state.params),
                   len(batch["x"].addressable_shards), kernel.sharding.spec, mu.sharding.spec))
 (l1, p1, s1, _, _), (l8, p8, s8, _, _), (lf, pf, sf, kspec, muspec) = results
 assert (s1, s8, sf) == (1, 8, 8), (s1, s8, sf)
 assert tuple(kspec) == (None, "fsdp") and tuple(muspec) == (None, "fsdp"), (kspec, muspec)
-for losses, params in ((l8, p8), (lf, pf)):
-  np.testing.assert_allclose(l1, losses, rtol=1e-5)
+for seen, params in ((l8, p8), (lf, pf)):
+  np.testing.assert_allclose(l1, seen, rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, params)
 print("OK", l1)
 """
@@ -98,9 +124,7 @@ def test_gradient_accumulation_equals_the_full_batch_step():
   batch = fixed_batch(n=32)
   results = []
   for k in (1, 4):
-    step = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0,
-                                         alpha=0.5, micro_batches=k))
-    state, metrics = step(state_for(student), batch, tparams)
+    state, metrics = _step(student, teacher, micro_batches=k)(state_for(student), batch, tparams)
     results.append((float(metrics["loss"]), state.params))
   assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -111,11 +135,10 @@ def test_cached_full_logits_give_the_same_step_as_the_online_teacher():
   teacher, student = mlp((32,)), mlp((16,))
   tparams = state_for(teacher, seed=5).params
   batch = fixed_batch()
-  online = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5))
-  cached = jax.jit(train.make_train_step(student.apply, None, temperature=2.0, alpha=0.5))
-  logits = teacher.apply({"params": tparams}, batch["x"])
-  _, m_online = online(state_for(student), batch, tparams)
-  _, m_cached = cached(state_for(student), dict(batch, teacher_logits=logits))
+  logits = teacher.apply(tparams, batch)[0]["logits"]
+  _, m_online = _step(student, teacher)(state_for(student), batch, tparams)
+  _, m_cached = _step(student, teacher)(state_for(student), dict(batch, teacher_logits=logits),
+                                        None)
   assert float(m_online["loss"]) == pytest.approx(float(m_cached["loss"]), rel=1e-6)
 
 
@@ -132,19 +155,14 @@ def test_bfloat16_teacher_keeps_float32_student_and_close_loss():
   tparams = state_for(teacher, seed=5).params
   bf16 = jax.tree.map(lambda a: a.astype("bfloat16"), tparams)
   batch = fixed_batch()
-  f32_step = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0, alpha=0.5))
-  bf_step = jax.jit(train.make_train_step(student.apply, teacher.apply, temperature=2.0,
-                                          alpha=0.5, teacher_dtype="bfloat16"))
-  s32, m32 = f32_step(state_for(student), batch, tparams)
-  sbf, mbf = bf_step(state_for(student), batch, bf16)
+  s32, m32 = _step(student, teacher)(state_for(student), batch, tparams)
+  sbf, mbf = _step(student, teacher, teacher_dtype="bfloat16")(state_for(student), batch, bf16)
   assert sbf.params["Dense_0"]["kernel"].dtype == np.float32
   assert float(mbf["loss"]) == pytest.approx(float(m32["loss"]), rel=2e-2)
 
 
 def test_batch_not_divisible_by_devices_is_a_clear_error():
-  mesh = sharding.make_mesh()
   with pytest.raises(ValueError, match=r"batch\['x'\] has 5 examples on this process, not "
                                        r"divisible by its 2 devices"):
     sharding.shard_batch({"x": np.zeros((5, 2))}, type("M", (), {
         "shape": {"data": 2}, "axis_names": ("data",)})())
-  del mesh

@@ -1,8 +1,7 @@
-"""Data: named sources that return a :class:`Dataset`, and deterministic numpy batches."""
-from distill_jax.data.batches import (batch_indices, eval_batches, iterate_train, local_indices,
-                                      steps_per_epoch, train_batch)
-from distill_jax.data.dataset import Dataset, split_train_val
+"""Data: named sources that return a :class:`Dataset`, and deterministic batch indices."""
+from distill_jax.data.batches import batch_indices, local_indices, steps_per_epoch
+from distill_jax.data.dataset import Dataset, seeded_split
 from distill_jax.data.sources import SOURCES, load
 
-__all__ = ["Dataset", "SOURCES", "load", "split_train_val", "train_batch", "batch_indices",
-           "iterate_train", "eval_batches", "steps_per_epoch", "local_indices"]
+__all__ = ["Dataset", "SOURCES", "load", "seeded_split", "batch_indices", "steps_per_epoch",
+           "local_indices"]

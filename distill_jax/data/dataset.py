@@ -3,6 +3,8 @@ import dataclasses
 
 import numpy as np
 
+from distill_jax.errors import InputError
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -18,15 +20,15 @@ class Dataset:
     for split in ("train", "test"):
       x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
       if len(x) == 0:
-        raise ValueError(f"dataset {self.name!r}: the {split} split is empty")
+        raise InputError(f"dataset {self.name!r}: the {split} split is empty")
       if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"dataset {self.name!r}: {split} labels have shape {y.shape}, "
+        raise InputError(f"dataset {self.name!r}: {split} labels have shape {y.shape}, "
                          f"expected ({len(x)},) to match x of shape {x.shape}")
       if y.min() < 0 or y.max() >= self.num_classes:
-        raise ValueError(f"dataset {self.name!r}: {split} labels range over "
+        raise InputError(f"dataset {self.name!r}: {split} labels range over "
                          f"[{y.min()}, {y.max()}], outside [0, {self.num_classes - 1}]")
     if self.x_train.shape[1:] != self.x_test.shape[1:]:
-      raise ValueError(f"dataset {self.name!r}: train examples have shape "
+      raise InputError(f"dataset {self.name!r}: train examples have shape "
                        f"{self.x_train.shape[1:]} but test examples {self.x_test.shape[1:]}")
 
   @property
@@ -37,18 +39,8 @@ class Dataset:
 def seeded_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
   """Stratification-free seeded split: the same (x, y, fraction, seed) always gives the same split."""
   if not 0.0 < test_fraction < 1.0:
-    raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
   order = np.random.default_rng(seed).permutation(len(x))
   n_test = max(1, int(round(len(x) * test_fraction)))
   test, train = order[:n_test], order[n_test:]
   return x[train], y[train], x[test], y[test]
-
-
-def split_train_val(ds: Dataset, val_fraction: float, seed: int) -> Dataset:
-  """Carve a validation split from the training data; the test split is never touched.
-
-  The returned Dataset's "test" arrays are the validation examples, so every consumer that
-  evaluates on ``x_test`` evaluates on validation data instead.
-  """
-  x_tr, y_tr, x_val, y_val = seeded_split(ds.x_train, ds.y_train, val_fraction, seed)
-  return Dataset(f"{ds.name}[val]", x_tr, y_tr, x_val, y_val, ds.num_classes)

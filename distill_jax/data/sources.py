@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from distill_jax.errors import InputError, MissingInput
 from distill_jax.data.dataset import Dataset, seeded_split
 from distill_jax.registry import Registry
 
@@ -40,31 +41,31 @@ def npz(data_config) -> Dataset:
   """Any ``.npz`` with ``x`` (N, ...) and integer ``y`` (N,), split by a seeded fraction."""
   path = data_config.path
   if not path or not os.path.isfile(path):
-    raise FileNotFoundError(f"data.path: npz file {path!r} does not exist")
+    raise MissingInput(f"data.path: npz file {path!r} does not exist")
   with np.load(path, allow_pickle=False) as f:
     missing = [k for k in ("x", "y") if k not in f.files]
     if missing:
-      raise ValueError(f"npz file {path!r} lacks array(s) {missing}; it has {f.files}. "
+      raise InputError(f"npz file {path!r} lacks array(s) {missing}; it has {f.files}. "
                        "Expected 'x' of shape (N, ...) and 'y' of shape (N,) with int labels")
     x, y = f["x"], f["y"]
   if y.ndim != 1 or len(y) != len(x):
-    raise ValueError(f"npz file {path!r}: 'y' has shape {y.shape}, expected ({len(x)},) "
+    raise InputError(f"npz file {path!r}: 'y' has shape {y.shape}, expected ({len(x)},) "
                      f"to match 'x' of shape {x.shape}")
   if not np.issubdtype(y.dtype, np.integer):
-    raise ValueError(f"npz file {path!r}: 'y' has dtype {y.dtype}, expected integer labels")
+    raise InputError(f"npz file {path!r}: 'y' has dtype {y.dtype}, expected integer labels")
   if len(x) < 2:
-    raise ValueError(f"npz file {path!r} holds {len(x)} examples; need at least 2 to split")
+    raise InputError(f"npz file {path!r} holds {len(x)} examples; need at least 2 to split")
   num_classes = int(data_config.get("num_classes") or (y.max() + 1))
   return Dataset(os.path.basename(path), *seeded_split(_as_float(x), y.astype(np.int32),
                                                        data_config.test_fraction,
                                                        data_config.split_seed), num_classes)
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(MissingInput):
   """A TFDS dataset is not prepared in data_dir and downloading was not allowed (or failed)."""
 
 
-def _online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
+def online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
   """Whether TFDS's download mirror answers; offline, tfds would retry for minutes."""
   import socket
   try:
@@ -94,7 +95,7 @@ def tfds_builder(name: str, data_dir, may_download: bool, how_to_point: str):
     raise DatasetUnavailableError(
         f"TFDS dataset {name!r} is not prepared in {where} and nothing is downloaded. Prepare "
         f"it where there is network (`tfds build {name} --data_dir=DIR`), then {how_to_point}")
-  if not _online():
+  if not online():
     raise DatasetUnavailableError(f"TFDS dataset {name!r} is not prepared in {where} and this "
                                   "machine is offline, so it cannot be downloaded")
   try:
@@ -107,13 +108,9 @@ def tfds_builder(name: str, data_dir, may_download: bool, how_to_point: str):
 
 @SOURCES.register("tfds")
 def tfds_source(data_config) -> Dataset:
-  """A TFDS dataset by name (``mnist``, ``cifar10``...) read from ``data_dir``.
-
-  Offline machines cannot download, and ``tfds.load`` retries a dead network for minutes, so
-  by default nothing is downloaded: a dataset missing from ``data_dir`` fails at once. Set
-  ``data.download=True`` on a machine with network to prepare it (or run ``tfds build NAME
-  --data_dir=DIR`` there and copy ``DIR`` over).
-  """
+  """A TFDS dataset by name (``mnist``, ``cifar10``...) prepared in ``data_dir``; downloaded
+  only with ``data.download=True`` (``tfds.load`` retries a dead network for minutes, so a
+  dataset missing from ``data_dir`` fails at once instead)."""
   import tensorflow_datasets as tfds
   name = data_config.name
   builder = tfds_builder(name, data_config.data_dir or None, data_config.get("download", False),
@@ -132,16 +129,13 @@ def tfds_source(data_config) -> Dataset:
 
 @SOURCES.register("mnist1d")
 def mnist1d(data_config) -> Dataset:
-  """MNIST-1D (Greydanus, 2020): 4,000 train / 1,000 test sequences of length 40, 10 classes.
-
-  Generated offline by ``mnist1d.data.make_dataset`` with the package's default arguments
-  (seed 42, the published dataset) in about a second. ``get_dataset`` is avoided on purpose:
-  it tries a download first and writes a pickle into the working directory.
-  """
+  """MNIST-1D (Greydanus, 2020): 4,000 train / 1,000 test sequences of 40, 10 classes, made
+  offline by ``make_dataset`` with the package's defaults (``get_dataset`` would try a download
+  and write a pickle into the working directory)."""
   try:
     from mnist1d.data import get_dataset_args, make_dataset
   except ImportError:
-    raise ImportError("data.source='mnist1d' needs the package `mnist1d` "
+    raise MissingInput("data.source='mnist1d' needs the package `mnist1d` "
                       "(pip install mnist1d; it is in requirements.txt)") from None
   raw = make_dataset(get_dataset_args())
   return Dataset("mnist1d", raw["x"].astype(np.float32), raw["y"].astype(np.int32),

@@ -1,21 +1,8 @@
 """A BERT encoder in Flax linen that reproduces HuggingFace ``BertModel`` numerics.
 
-Post-LayerNorm blocks, exact (erf) GELU as HF's ``"gelu"``, word + position + token-type
-embeddings, and padding masked by adding the dtype's most negative value to attention scores,
-as HF does. Weights of HF checkpoints load with :mod:`distill_jax.text.weights`.
-
-Parameter paths (``/``-joined, see :mod:`distill_jax.paths`) carry the layer index so that
-partition / recombination rules such as ``layer_(\\d+)`` select layers::
-
-  embeddings/{word,position,token_type}_embeddings/embedding, embeddings/layer_norm/{scale,bias}
-  encoder/layer_{i}/attention/{query,key,value,output}/{kernel,bias}
-  encoder/layer_{i}/attention/layer_norm/{scale,bias}
-  encoder/layer_{i}/intermediate/{kernel,bias}
-  encoder/layer_{i}/output/{kernel,bias}, encoder/layer_{i}/output_layer_norm/{scale,bias}
-  pooler/{kernel,bias}                          (only when ``with_pooler``)
-
-Each ``encoder/layer_{i}`` module returns its output hidden state (an array), so Flax's
-``capture_intermediates`` records per-layer outputs under ``encoder/layer_{i}/__call__``.
+Post-LayerNorm blocks, exact (erf) GELU, word + position + token-type embeddings, padding
+masked by the dtype's most negative value (as HF). Blocks are ``encoder/layer_{i}`` so depth
+rules address them; parameter paths are listed in docs/minilm.md. HF weights: ``text/weights.py``.
 """
 import dataclasses
 import math
@@ -25,6 +12,8 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from distill_jax.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +38,7 @@ class BertConfig:
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
-      raise ValueError(f"BertConfig: hidden_size {self.hidden_size} is not divisible by "
+      raise InputError(f"BertConfig: hidden_size {self.hidden_size} is not divisible by "
                        f"num_heads {self.num_heads}")
     jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
@@ -61,57 +50,47 @@ class BertConfig:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-      raise ValueError(f"BertConfig has no field(s) {unknown}; its fields are {sorted(names)}")
+      raise InputError(f"BertConfig has no field(s) {unknown}; its fields are {sorted(names)}")
     return cls(**d)
 
   def replace(self, **changes) -> "BertConfig":
     return dataclasses.replace(self, **changes)
 
 
-def bert_config_from_hf(hf: Mapping[str, Any], **overrides) -> BertConfig:
-  """A :class:`BertConfig` from a HuggingFace ``config.json`` dict.
+# BertConfig field -> HF config.json key (HF defaults where HF has them).
+_HF_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
+            "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+            "intermediate_size": "intermediate_size", "max_position": "max_position_embeddings",
+            "type_vocab_size": "type_vocab_size", "layer_norm_eps": "layer_norm_eps",
+            "hidden_dropout": "hidden_dropout_prob",
+            "attention_dropout": "attention_probs_dropout_prob"}
+_HF_FIXED = {"hidden_act": "gelu", "position_embedding_type": "absolute"}   # what this port is
 
-  Only what this port implements is accepted: absolute positions and the exact GELU.
-  """
-  act = hf.get("hidden_act", "gelu")
-  if act != "gelu":
-    raise ValueError(f"config.json hidden_act={act!r}: only 'gelu' (exact, erf) is implemented")
-  pos = hf.get("position_embedding_type", "absolute")
-  if pos != "absolute":
-    raise ValueError(f"config.json position_embedding_type={pos!r}: only 'absolute' is "
-                     "implemented")
-  cfg = BertConfig(
-      vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
-      num_layers=int(hf["num_hidden_layers"]), num_heads=int(hf["num_attention_heads"]),
-      intermediate_size=int(hf["intermediate_size"]),
-      max_position=int(hf.get("max_position_embeddings", 512)),
-      type_vocab_size=int(hf.get("type_vocab_size", 2)),
-      layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
-      hidden_dropout=float(hf.get("hidden_dropout_prob", 0.1)),
-      attention_dropout=float(hf.get("attention_probs_dropout_prob", 0.1)))
-  return cfg.replace(**overrides)
+
+def bert_config_from_hf(hf: Mapping[str, Any], **overrides) -> BertConfig:
+  """A :class:`BertConfig` from a HuggingFace ``config.json`` dict (absolute positions and the
+  exact GELU only: what this port implements)."""
+  for key, value in _HF_FIXED.items():
+    if hf.get(key, value) != value:
+      raise InputError(f"config.json {key}={hf[key]!r}: only {value!r} is implemented")
+  defaults = BertConfig()
+  return BertConfig(**{f: type(getattr(defaults, f))(hf.get(k, getattr(defaults, f)))
+                       for f, k in _HF_KEYS.items()}).replace(**overrides)
 
 
 def bert_config_to_hf(cfg: BertConfig) -> dict[str, Any]:
   """The HuggingFace ``config.json`` dict of ``cfg`` (for exporting a student)."""
-  return {"architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
-          "position_embedding_type": "absolute", "vocab_size": cfg.vocab_size,
-          "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
-          "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
-          "max_position_embeddings": cfg.max_position, "type_vocab_size": cfg.type_vocab_size,
-          "layer_norm_eps": cfg.layer_norm_eps, "hidden_dropout_prob": cfg.hidden_dropout,
-          "attention_probs_dropout_prob": cfg.attention_dropout, "pad_token_id": 0}
+  return {"architectures": ["BertModel"], "model_type": "bert", **_HF_FIXED,
+          **{k: getattr(cfg, f) for f, k in _HF_KEYS.items()}, "pad_token_id": 0}
 
 
 @flax.struct.dataclass
 class BertOutput:
-  """What :class:`BertEncoder` returns. ``hidden_states`` has ``num_layers + 1`` entries
-  (embeddings output, then each layer); ``attentions`` one (B, heads, L, L) array per layer.
-  Fields that were not asked for are None."""
+  """What :class:`BertEncoder` returns; ``pooled`` is None without a pooler. Each layer's
+  output and attention probabilities are captured as ``encoder/layer_{i}`` and
+  ``encoder/layer_{i}/attention/1`` (``Model.apply(..., capture=True)``)."""
   last_hidden_state: jnp.ndarray
   pooled: Optional[jnp.ndarray] = None
-  hidden_states: Optional[tuple] = None
-  attentions: Optional[tuple] = None
 
 
 def gelu(x: jnp.ndarray) -> jnp.ndarray:
@@ -163,16 +142,14 @@ class BertLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x, bias, deterministic: bool = True, output_attentions: bool = False):
-    """The block's output; ``(output, attention probs)`` when ``output_attentions`` (a plain
-    array otherwise, so ``capture_intermediates`` records just the hidden state)."""
+  def __call__(self, x, bias, deterministic: bool = True):
+    """The block's output (an array, so ``capture_intermediates`` records the hidden state)."""
     c, dtype = self.config, jnp.dtype(self.config.dtype)
-    x, probs = BertAttention(c, name="attention")(x, bias, deterministic)
+    x, _ = BertAttention(c, name="attention")(x, bias, deterministic)
     h = gelu(_dense(c.intermediate_size, dtype, "intermediate")(x))
     h = _dense(c.hidden_size, dtype, "output")(h)
     h = nn.Dropout(c.hidden_dropout, deterministic=deterministic)(h)
-    out = nn.LayerNorm(c.layer_norm_eps, dtype=dtype, name="output_layer_norm")(h + x)
-    return (out, probs) if output_attentions else out
+    return nn.LayerNorm(c.layer_norm_eps, dtype=dtype, name="output_layer_norm")(h + x)
 
 
 class BertEmbeddings(nn.Module):
@@ -184,7 +161,7 @@ class BertEmbeddings(nn.Module):
     c, dtype = self.config, jnp.dtype(self.config.dtype)
     length = input_ids.shape[1]
     if length > c.max_position:
-      raise ValueError(f"sequence length {length} exceeds max_position {c.max_position}")
+      raise InputError(f"sequence length {length} exceeds max_position {c.max_position}")
     init = nn.initializers.normal(0.02)
     embed = lambda n, name: nn.Embed(n, c.hidden_size, embedding_init=init, dtype=dtype,
                                      name=name)
@@ -200,21 +177,16 @@ class BertStack(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x, bias, deterministic: bool = True, output_attentions: bool = False):
-    """Returns (last hidden, per-layer outputs, per-layer attention probs or Nones)."""
-    hidden, attentions = [], []
+  def __call__(self, x, bias, deterministic: bool = True):
     for i in range(self.config.num_layers):
-      out = BertLayer(self.config, name=f"layer_{i}")(x, bias, deterministic, output_attentions)
-      x, probs = out if output_attentions else (out, None)
-      hidden.append(x)
-      attentions.append(probs)
-    return x, hidden, attentions
+      x = BertLayer(self.config, name=f"layer_{i}")(x, bias, deterministic)
+    return x
 
 
 class BertEncoder(nn.Module):
   """BERT: ``embeddings``, ``encoder/layer_{i}``, and a ``pooler`` when ``config.with_pooler``.
 
-  Built from a :class:`BertConfig` (see :func:`build_encoder`). The pooler (tanh Dense on the
+  Built from a :class:`BertConfig`. The pooler (tanh Dense on the
   first token, as HF) is kept so that HF checkpoints round-trip exactly; sentence embeddings
   do not use it, and a student can drop it with ``with_pooler=False``.
   """
@@ -228,42 +200,24 @@ class BertEncoder(nn.Module):
                              kernel_init=nn.initializers.normal(0.02))
 
   def __call__(self, input_ids: jnp.ndarray, attention_mask: Optional[jnp.ndarray] = None,
-               token_type_ids: Optional[jnp.ndarray] = None, deterministic: bool = True,
-               output_hidden_states: bool = False,
-               output_attentions: bool = False) -> BertOutput:
+               token_type_ids: Optional[jnp.ndarray] = None, train: bool = False) -> BertOutput:
     """``input_ids``, ``attention_mask`` (1 = token, 0 = padding) and ``token_type_ids`` are
-    (B, L) integers. Dropout runs when ``deterministic=False`` (needs a "dropout" rng)."""
+    (B, L) integers. Dropout runs when ``train`` (needs a "dropout" rng)."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = self.embeddings(input_ids, token_type_ids, deterministic)
+    x = self.embeddings(input_ids, token_type_ids, not train)
     bias = additive_mask(attention_mask, jnp.float32)
-    last, hidden, attentions = self.encoder(x, bias, deterministic, output_attentions)
+    last = self.encoder(x, bias, not train)
     pooled = jnp.tanh(self.pooler(last[:, 0])) if self.config.with_pooler else None
-    return BertOutput(last_hidden_state=last, pooled=pooled,
-                      hidden_states=tuple([x] + hidden) if output_hidden_states else None,
-                      attentions=tuple(attentions) if output_attentions else None)
-
-
-class SentenceEncoder(BertEncoder):
-  """A :class:`BertEncoder` (same parameter tree) returning sentence embeddings (B, hidden)."""
-
-  def __call__(self, input_ids, attention_mask, token_type_ids=None,  # type: ignore[override]
-               deterministic: bool = True) -> jnp.ndarray:
-    out = super().__call__(input_ids, attention_mask, token_type_ids, deterministic)
-    return sentence_embedding(out.last_hidden_state, attention_mask)
-
-
-def build_encoder(cfg: BertConfig, sentence: bool = False) -> BertEncoder:
-  """The :class:`BertEncoder` (or :class:`SentenceEncoder` when ``sentence``) of a config."""
-  return (SentenceEncoder if sentence else BertEncoder)(cfg)
+    return BertOutput(last_hidden_state=last, pooled=pooled)
 
 
 def init_params(cfg: BertConfig, rng: jax.Array, length: int = 8) -> dict:
   """Freshly initialised parameters of ``cfg``'s encoder (a dummy (1, length) input)."""
   ids = jnp.zeros((1, length), jnp.int32)
-  return build_encoder(cfg).init(rng, ids, jnp.ones_like(ids))["params"]
+  return BertEncoder(cfg).init(rng, ids, jnp.ones_like(ids))["params"]
 
 
 def mean_pool(hidden: jnp.ndarray, attention_mask: jnp.ndarray) -> jnp.ndarray:
@@ -277,6 +231,9 @@ def normalize(x: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def sentence_embedding(hidden: jnp.ndarray, attention_mask: jnp.ndarray) -> jnp.ndarray:
-  """all-MiniLM-L6-v2's sentence vector: masked mean pooling, then L2 normalisation."""
-  return normalize(mean_pool(hidden.astype(jnp.float32), attention_mask))
+def sentence_outputs(out: BertOutput, batch: Mapping[str, Any]) -> dict:
+  """The encoder's named outputs: ``pooled`` (mean of the real tokens, float32, not yet
+  normalised; all-MiniLM-L6-v2's sentence vector is its L2 normalisation), ``token_mask``."""
+  mask = batch["attention_mask"]
+  return {"pooled": mean_pool(out.last_hidden_state.astype(jnp.float32), mask),
+          "token_mask": mask}

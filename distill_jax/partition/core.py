@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax.errors import InputError
 from distill_jax.partition.rules import make_rule
 from distill_jax.paths import flatten, unflatten
 
@@ -59,7 +60,7 @@ def claim_paths(flat: dict[str, Any], rules: Sequence, what: str = "partition ru
     name = getattr(rule, "description", getattr(rule, "__name__", f"rule {i}"))
     matched = rule(paths, flat)
     if every_rule_matches and not matched:
-      raise ValueError(f"{what} {i} ({name}) matches no parameter; paths look like "
+      raise InputError(f"{what} {i} ({name}) matches no parameter; paths look like "
                        f"{paths[:3]}")
     for path, claim in matched.items():
       if path in unclaimed:            # first match wins
@@ -67,7 +68,7 @@ def claim_paths(flat: dict[str, Any], rules: Sequence, what: str = "partition ru
         claims[path] = (claim, f"rule {i}: {name}")
   if unclaimed:
     missing = [p for p in paths if p in unclaimed]
-    raise ValueError(f"{len(missing)} parameter(s) claimed by no {what}: {missing}. Add a rule "
+    raise InputError(f"{len(missing)} parameter(s) claimed by no {what}: {missing}. Add a rule "
                      "for them, or a catch-all such as ('regex', '.*', 'rest') / ('.*', ()).")
   return claims
 
@@ -86,7 +87,7 @@ def partition(params: Any, rules: Sequence) -> Partition:
       value = flat[path] if index is None else flat[path][index]
       members = groups.setdefault(group, {})
       if key in members:
-        raise ValueError(f"partition: group {group!r} would hold two parameters under key "
+        raise InputError(f"partition: group {group!r} would hold two parameters under key "
                          f"{key!r} (second: {path!r}); make the rule's keys distinct")
       members[key] = value
       out.append(Claim(path, index, group, key, rule))
@@ -106,7 +107,7 @@ def combine(parts: Partition) -> Any:
       slices.setdefault(c.path, {})[c.index] = value
   for path, by_index in slices.items():
     if sorted(by_index) != list(range(len(by_index))):
-      raise ValueError(f"combine: stacked parameter {path!r} has slices {sorted(by_index)}")
+      raise InputError(f"combine: stacked parameter {path!r} has slices {sorted(by_index)}")
     whole[path] = jnp.stack([by_index[i] for i in range(len(by_index))])
   return unflatten({p: whole[p] for p in parts.order})
 
@@ -117,6 +118,6 @@ def with_groups(parts: Partition, groups: dict[str, dict[str, Any]]) -> Partitio
     for key, value in members.items():
       new = groups[name][key]
       if np.shape(new) != np.shape(value):
-        raise ValueError(f"group {name!r} key {key!r}: new value has shape {np.shape(new)}, "
+        raise InputError(f"group {name!r} key {key!r}: new value has shape {np.shape(new)}, "
                          f"expected {np.shape(value)}")
   return Partition({name: groups[name] for name in parts.groups}, parts.claims, parts.order)

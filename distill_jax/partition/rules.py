@@ -1,17 +1,13 @@
-"""Partition rules: ``rule(paths, leaves) -> {path: claim}`` for the paths the rule claims.
+"""Partition rules: ``rule(paths, leaves) -> {path: claim}`` for the paths a rule claims.
 
-A claim says which group a parameter belongs to and under which *layer-relative key* it is
-stored there (the path with the layer's own name abstracted away, so that ``Dense_3/kernel``
-and ``Dense_7/kernel`` are both ``Dense_*/kernel`` and can be matched across layers). For a
-stacked (scanned) array, the claim is a list with one ``(group, key)`` per slice along the
-leading axis.
-
-Config form: ``(kind, *args)`` with an optional trailing dict of keyword arguments, e.g.
-``("depth", r"Dense_(\\d+)", {"block": 3})``; ``kind`` is any registered rule name.
+A claim is ``(group, key)``: the key is layer-relative (``Dense_*/kernel``) so layers can be
+matched across groups; a stacked (scanned) array gets one claim per slice. Config form:
+``(kind, *args[, kwargs])``, ``kind`` a registered rule name.
 """
 import re
 from typing import Any, Callable, Optional, Sequence, Union
 
+from distill_jax.errors import InputError
 from distill_jax.registry import Registry
 
 Claim = tuple[str, str]                       # (group, layer-relative key)
@@ -30,7 +26,7 @@ def make_rule(spec) -> RuleFn:
     return spec
   spec = tuple(spec)
   if not spec or not isinstance(spec[0], str):
-    raise ValueError(f"partition rule {spec!r}: expected (kind, *args[, kwargs]) with kind one "
+    raise InputError(f"partition rule {spec!r}: expected (kind, *args[, kwargs]) with kind one "
                      f"of {RULES.names()}")
   args, kwargs = list(spec[1:]), {}
   if args and isinstance(args[-1], dict):
@@ -76,21 +72,16 @@ def _depth_group(index: int, ranges, block, stride) -> str:
 def depth(pattern: Optional[str] = None, *, stacked: Optional[str] = None,
           ranges: Optional[Sequence[Sequence[int]]] = None, block: int = 0,
           stride: int = 0) -> RuleFn:
-  """Group by layer index.
-
-  ``pattern`` (searched at path-component boundaries) has one capturing group with the layer
-  index, e.g. ``Dense_(\\d+)`` or ``encoder/layer_(\\d+)``. ``stacked`` is a regex (fullmatch)
-  for scanned arrays whose leading axis is the layer index; they are split along that axis.
-  Groups: ``layer_i`` by default; ``ranges=[(0, 4), (4, 10)]`` -> ``layers_0-3``...;
-  ``block=k`` -> ``block_{i // k}`` (consecutive k layers); ``stride=k`` -> ``stride_{i % k}``
-  (every k-th layer together). An index outside every range is not claimed. With one layer
-  per group the keys are layer-relative (``Dense_*/kernel``), otherwise full paths.
-  """
+  """Group by layer index: ``pattern`` (at path-component boundaries) captures it, e.g.
+  ``Dense_(\\d+)``; ``stacked`` (fullmatch) names scanned arrays split along their leading axis.
+  Groups ``layer_i``; or ``ranges=[(0, 4), (4, 10)]`` -> ``layers_0-3``...; ``block=k`` ->
+  ``block_{i // k}``; ``stride=k`` -> ``stride_{i % k}``. Keys are layer-relative
+  (``Dense_*/kernel``) with one layer per group, full paths otherwise."""
   if pattern is None and stacked is None:
-    raise ValueError("depth rule needs a layer pattern or a stacked pattern")
+    raise InputError("depth rule needs a layer pattern or a stacked pattern")
   layer = re.compile(rf"(?:^|(?<=/)){pattern}(?=/|$)") if pattern else None
   if layer is not None and layer.groups < 1:
-    raise ValueError(f"depth pattern {pattern!r} needs a capturing group for the layer index")
+    raise InputError(f"depth pattern {pattern!r} needs a capturing group for the layer index")
   scanned = re.compile(stacked) if stacked else None
   # One layer per group: keys are layer-relative ("Dense_*/kernel") so layers can be matched
   # across groups; several layers per group keep their full paths as keys.
@@ -114,12 +105,8 @@ def depth(pattern: Optional[str] = None, *, stacked: Optional[str] = None,
 
 
 def layer_order(paths: Sequence[str], pattern: re.Pattern) -> list[str]:
-  """Layer names (the matched prefix, e.g. ``Dense_3``) in model order.
-
-  Model order is the order of first appearance in the tree (Flax keeps creation order), with
-  names that differ only in their index sorted numerically, so a tree whose keys were sorted
-  as strings (``Dense_10`` before ``Dense_2``) still comes out right.
-  """
+  """Layer names (the matched prefix, e.g. ``Dense_3``) in model order: first appearance in
+  the tree, names differing only in their index sorted numerically (``Dense_2``, ``Dense_10``)."""
   first_seen: dict[str, int] = {}
   layers: dict[str, tuple] = {}
   for path in paths:

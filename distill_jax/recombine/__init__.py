@@ -1,14 +1,8 @@
 """Recombination: build a student's parameters from a partitioned teacher.
 
-Both teacher and (freshly initialised) student are partitioned by the same rules; a strategy
-fills each student group from teacher groups:
-
-  strategy(teacher: Partition, student: Partition, context, **options)
-      -> (groups, reused, info)
-
-``groups`` has the student's group/key structure (and shapes), ``reused`` is the set of
-``(group, key)`` whose values came from the teacher (copied, averaged or sliced), ``info`` a
-JSON-able dict for the report. Strategies are registered by name and chosen in the config.
+Teacher and fresh student are partitioned by the same rules; a registered strategy
+``fn(teacher, student, context, **options) -> (groups, reused, info)`` fills the student's
+groups (``reused``: the ``(group, key)`` taken from the teacher; ``info``: for the report).
 """
 from typing import Any, Optional, Sequence
 

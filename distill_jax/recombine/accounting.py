@@ -1,10 +1,10 @@
 """Parameter accounting of a recombination: m, n, group sizes, M, M' and the ratio."""
-import json
 import os
 from typing import Optional
 
 import numpy as np
 
+from distill_jax.files import write_json, write_text
 from distill_jax.partition import Partition
 
 
@@ -41,7 +41,5 @@ def format_accounting(report: dict) -> str:
 
 def write_accounting(report: dict, workdir: Optional[str]) -> None:
   if workdir:
-    with open(os.path.join(workdir, "accounting.json"), "w") as f:
-      json.dump(report, f, indent=2, default=str)
-    with open(os.path.join(workdir, "accounting.txt"), "w") as f:
-      f.write(format_accounting(report) + "\n")
+    write_json(os.path.join(workdir, "accounting.json"), report)
+    write_text(os.path.join(workdir, "accounting.txt"), format_accounting(report) + "\n")

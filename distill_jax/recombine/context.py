@@ -1,18 +1,17 @@
 """What data-driven strategies may use beyond the two partitions."""
 import dataclasses
-from typing import Any, Callable, Optional
-
-import numpy as np
+from typing import Any, Optional
 
 
 @dataclasses.dataclass
 class Context:
-  """Teacher function and a batch of inputs (for activations), and where to write artefacts."""
-  teacher_apply: Optional[Callable] = None
+  """The teacher (a ``models.Model``) and its params, a batch of training inputs (for
+  activations), and where to write artefacts."""
+  teacher: Any = None
   teacher_params: Any = None
-  x: Optional[np.ndarray] = None
+  batch: Optional[dict] = None
   workdir: Optional[str] = None
 
   @property
   def has_data(self) -> bool:
-    return self.teacher_apply is not None and self.x is not None
+    return self.teacher is not None and self.batch is not None

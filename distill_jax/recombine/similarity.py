@@ -1,13 +1,10 @@
 """``similarity``: merge (or drop) the most similar adjacent teacher layers first.
 
-Similarity of two layers is the linear CKA of their outputs on a batch of data (Kornblith et
-al., 2019), or, without data, the cosine of their flattened weights where shapes agree (0
-where they do not). Adjacent blocks are merged greedily, most similar pair first (a pair of
-blocks scores the mean similarity of their members), until the student's depth is reached;
-blocks of layers with different shapes (which cannot be averaged, e.g. the input layer or
-the head) are merged only when nothing else is left. Each block then becomes one student
-layer: the mean of its members ("merge"), or its most representative member, the one most
-similar to the rest of the block ("drop").
+Similarity is the linear CKA of layer outputs on data (Kornblith et al., 2019), or without data
+the cosine of weights where shapes agree. Adjacent blocks merge greedily (a pair scores the
+mean similarity of its members; blocks of different shapes merge last) until the student's
+depth is reached; a block becomes its members' mean ("merge") or its most representative
+member ("drop").
 """
 import json
 import os
@@ -16,8 +13,8 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from distill_jax.errors import InputError
 from distill_jax.partition import Partition
-from distill_jax.paths import flatten
 from distill_jax.recombine.context import Context
 from distill_jax.recombine.strategies import (STRATEGIES, _first, _mean, fill_from_blocks,
                                               layer_groups)
@@ -49,10 +46,8 @@ def weight_cosine(a: dict, b: dict) -> float:
 
 
 def layer_outputs(teacher: Partition, names: list[str], context: Context) -> list[np.ndarray]:
-  """Each layer group's module output on ``context.x``, via Flax's capture_intermediates."""
-  _, state = context.teacher_apply({"params": context.teacher_params}, context.x,
-                                   capture_intermediates=True, mutable=["intermediates"])
-  captured = flatten(jax.device_get(state["intermediates"]))
+  """Each layer group's module output on ``context.batch`` (the model's captured features)."""
+  _, captured = context.teacher.apply(context.teacher_params, context.batch, capture=True)
   outputs = []
   for name in names:
     # The layer's module is the longest common prefix of its parameters' paths
@@ -60,11 +55,10 @@ def layer_outputs(teacher: Partition, names: list[str], context: Context) -> lis
     # encoder/layer_2).
     paths = [c.path.split("/")[:-1] for c in teacher.claims if c.group == name]
     module = "/".join(os.path.commonprefix(paths))   # element-wise over the components
-    key = f"{module}/__call__"
-    if key not in captured:
-      raise ValueError(f"no captured output {key!r} for layer group {name!r}; captured: "
+    if module not in captured:
+      raise InputError(f"no captured output {module!r} for layer group {name!r}; captured: "
                        f"{sorted(captured)[:8]}...")
-    outputs.append(np.asarray(captured[key][0]))
+    outputs.append(np.asarray(jax.device_get(captured[module])))
   return outputs
 
 
@@ -76,13 +70,13 @@ def similarity_matrix(teacher: Partition, context: Context,
     measure = "cka" if context.has_data else "cosine"
   if measure == "cka":
     if not context.has_data:
-      raise ValueError("similarity measure 'cka' needs data: the context has no teacher/inputs")
+      raise InputError("similarity measure 'cka' needs data: the context has no teacher/inputs")
     feats = layer_outputs(teacher, names, context)
     pair = lambda i, j: linear_cka(feats[i], feats[j])
   elif measure == "cosine":
     pair = lambda i, j: weight_cosine(teacher.groups[names[i]], teacher.groups[names[j]])
   else:
-    raise ValueError(f"unknown similarity measure {measure!r}; use 'cka', 'cosine' or 'auto'")
+    raise InputError(f"unknown similarity measure {measure!r}; use 'cka', 'cosine' or 'auto'")
   n = len(names)
   sim = np.eye(n)
   for i in range(n):
@@ -101,7 +95,7 @@ def merge_adjacent(sim: np.ndarray, m: int,
   """
   n = len(sim)
   if not 1 <= m <= n:
-    raise ValueError(f"impossible target: the student has {m} layers, the teacher {n}")
+    raise InputError(f"impossible target: the student has {m} layers, the teacher {n}")
   blocks = [[i] for i in range(n)]
   while len(blocks) > m:
     pairs = list(zip(blocks, blocks[1:]))
@@ -150,7 +144,7 @@ def similarity(teacher: Partition, student: Partition, context: Optional[Context
                measure: str = "auto", mode: str = "merge") -> tuple:
   context = context or Context()
   if mode not in ("merge", "drop"):
-    raise ValueError(f"similarity mode {mode!r}: use 'merge' or 'drop'")
+    raise InputError(f"similarity mode {mode!r}: use 'merge' or 'drop'")
   sim, used = similarity_matrix(teacher, context, measure)
   names = layer_groups(teacher)
   shapes = [tuple(sorted((k, np.shape(v)) for k, v in teacher.groups[n].items())) for n in names]
@@ -162,4 +156,7 @@ def similarity(teacher: Partition, student: Partition, context: Optional[Context
     save_similarity(sim, layer_groups(teacher), used, blocks, context.workdir)
   groups, reused, info = fill_from_blocks(teacher, student, blocks,
                                           _mean if mode == "merge" else _first)
-  return groups, reused, dict(info, blocks=blocks, measure=used, mode=mode)
+  info = dict(info, blocks=blocks, measure=used, mode=mode)
+  if mode == "drop":
+    info["teacher_layers"] = [b[0] for b in blocks]
+  return groups, reused, info

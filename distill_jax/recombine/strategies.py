@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from distill_jax.errors import InputError
 from distill_jax.partition import Partition
 from distill_jax.registry import Registry
 
@@ -30,11 +31,11 @@ def plan_layers(n: int, m: int, layers: Optional[Sequence[int]] = None, every: i
   plus the last (head). Otherwise: ``m`` evenly spaced layers keeping the first and last.
   """
   if m > n:
-    raise ValueError(f"impossible target: the student has {m} layers, the teacher only {n}")
+    raise InputError(f"impossible target: the student has {m} layers, the teacher only {n}")
   if layers is not None and len(layers):
     bad = [i for i in layers if not -n <= i < n]
     if bad:
-      raise ValueError(f"layer(s) {bad} out of range for a teacher of depth {n}")
+      raise InputError(f"layer(s) {bad} out of range for a teacher of depth {n}")
     chosen = [i % n for i in layers]
   elif every:
     chosen = [i for i in range(n) if i % every == 0]
@@ -42,7 +43,7 @@ def plan_layers(n: int, m: int, layers: Optional[Sequence[int]] = None, every: i
   else:
     chosen = [int(i) for i in np.linspace(0, n - 1, m).round()]
   if len(chosen) != m:
-    raise ValueError(f"the plan keeps teacher layers {chosen} ({len(chosen)}) but the student "
+    raise InputError(f"the plan keeps teacher layers {chosen} ({len(chosen)}) but the student "
                      f"has {m} layers")
   return chosen
 
@@ -58,7 +59,7 @@ def fill(s_group: str, s_members: dict, sources: list[tuple[str, dict]],
                if key in m and np.shape(m[key]) == np.shape(target)]
     if not matches:
       seen = {f"{name}/{key}": np.shape(m[key]) for name, m in sources if key in m}
-      raise ValueError(f"student {s_group}/{key} has shape {np.shape(target)}; no teacher "
+      raise InputError(f"student {s_group}/{key} has shape {np.shape(target)}; no teacher "
                        f"array fits it (candidates: {seen or 'none with this key'})")
     out[key] = reduce([v for _, v in matches])
     used += [name for name, _ in matches if name not in used]
@@ -79,12 +80,12 @@ def fill_from_blocks(teacher: Partition, student: Partition, blocks: list[list[i
   copied by name. The building block of every layer-level strategy."""
   t_layers, s_layers = layer_groups(teacher), layer_groups(student)
   if not s_layers:
-    raise ValueError(f"the student partition has no layer_<i> groups (groups: {student.names}); "
+    raise InputError(f"the student partition has no layer_<i> groups (groups: {student.names}); "
                      "use a depth rule such as ('depth', r'Dense_(\\d+)')")
   groups, reused, used = {}, set(), {}
   for s_name, block in zip(s_layers, blocks):
     if not block:
-      raise ValueError(f"empty group: student {s_name} would take no teacher layer")
+      raise InputError(f"empty group: student {s_name} would take no teacher layer")
     sources = [(t_layers[i], teacher.groups[t_layers[i]]) for i in block]
     groups[s_name], used[s_name] = fill(s_name, student.groups[s_name], sources, reduce)
     reused |= {(s_name, k) for k in groups[s_name]}
@@ -92,7 +93,7 @@ def fill_from_blocks(teacher: Partition, student: Partition, blocks: list[list[i
     if name in groups:
       continue
     if name not in teacher.groups:
-      raise ValueError(f"student group {name!r} has no teacher group of that name "
+      raise InputError(f"student group {name!r} has no teacher group of that name "
                        f"(teacher groups: {teacher.names})")
     groups[name], used[name] = fill(name, members, [(name, teacher.groups[name])], _first)
     reused |= {(name, k) for k in groups[name]}
@@ -118,18 +119,14 @@ def consecutive_blocks(n: int, m: int) -> list[list[int]]:
   """``n`` layers in ``m`` consecutive blocks; the first ``n % m`` blocks get one extra layer
   (numpy's ``array_split``): 10 into 3 is [0-3], [4-6], [7-9]."""
   if m > n:
-    raise ValueError(f"impossible target: the student has {m} layers, the teacher only {n}")
+    raise InputError(f"impossible target: the student has {m} layers, the teacher only {n}")
   return [b.tolist() for b in np.array_split(np.arange(n), m)]
 
 
 @STRATEGIES.register("average")
 def average(teacher: Partition, student: Partition, context=None) -> tuple:
-  """Student layer j is the mean of the j-th block of consecutive teacher layers.
-
-  Only block members whose arrays have the student layer's shapes are averaged (the input
-  layer and the head usually have shapes of their own, so they are copied); a block with no
-  fitting member is an error naming the shapes.
-  """
+  """Student layer j is the mean of the j-th block of consecutive teacher layers (of the
+  members with its shapes: an input layer or head of its own shape is copied)."""
   blocks = consecutive_blocks(len(layer_groups(teacher)), len(layer_groups(student)))
   groups, reused, info = fill_from_blocks(teacher, student, blocks, _mean)
   return groups, reused, dict(info, blocks=blocks)

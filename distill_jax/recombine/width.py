@@ -1,16 +1,14 @@
-"""``width``: a narrower student made by keeping each layer's most important neurons.
+"""``width``: a narrower student that keeps each layer's most important units.
 
-The student keeps teacher layers chosen as in ``select`` (all of them when depths agree); in
-each kept layer the output units (last axis of ``kernel`` and of ``bias``) are ranked by
-importance and the top ``w`` kept, ``w`` being the student's width; the next layer's kernel
-keeps the matching input rows (second-to-last axis), so the sliced layers still compose.
-Importance is ``weight``: the L2 norm of each unit's incoming weights and bias, or
-``activation``: the mean |output| of the unit on the context's batch of data.
+Teacher layers are chosen as in ``select``; in each, output units are ranked (``weight``: norm
+of incoming weights and bias; ``activation``: mean |output| on data) and the top ``w`` kept, the
+next layer's input rows sliced to match, so the sliced layers still compose.
 """
 from typing import Optional, Sequence
 
 import numpy as np
 
+from distill_jax.errors import InputError
 from distill_jax.partition import Partition
 from distill_jax.recombine.context import Context
 from distill_jax.recombine.similarity import layer_outputs
@@ -20,7 +18,7 @@ from distill_jax.recombine.strategies import STRATEGIES, layer_groups, plan_laye
 def _kernel_key(members: dict, group: str) -> str:
   keys = [k for k in members if k.endswith("kernel")]
   if len(keys) != 1:
-    raise ValueError(f"width: layer group {group!r} needs exactly one kernel, has {list(members)}")
+    raise InputError(f"width: layer group {group!r} needs exactly one kernel, has {list(members)}")
   return keys[0]
 
 
@@ -44,7 +42,7 @@ def width(teacher: Partition, student: Partition, context: Optional[Context] = N
   if importance == "activation":
     outputs = layer_outputs(teacher, [t_names[i] for i in plan], context)
   elif importance != "weight":
-    raise ValueError(f"width importance {importance!r}: use 'weight' or 'activation'")
+    raise InputError(f"width importance {importance!r}: use 'weight' or 'activation'")
   groups, reused, kept_units = {}, set(), {}
   previous: Optional[np.ndarray] = None     # units kept by the previous student layer
   for j, (s_name, t_idx) in enumerate(zip(s_names, plan)):
@@ -65,7 +63,7 @@ def width(teacher: Partition, student: Partition, context: Optional[Context] = N
       elif value.ndim >= 1 and key in t_members:
         value = value[..., units]
       if value.shape != np.shape(target):
-        raise ValueError(f"width: student {s_name}/{key} has shape {np.shape(target)} but the "
+        raise InputError(f"width: student {s_name}/{key} has shape {np.shape(target)} but the "
                          f"sliced teacher {t_names[t_idx]}/{key} has {value.shape} "
                          f"(teacher shape {np.shape(t_members.get(key))})")
       new[key] = value

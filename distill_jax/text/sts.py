@@ -8,6 +8,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from distill_jax.errors import InputError
+
 COLUMNS = ("genre", "file", "year", "id", "score", "sentence1", "sentence2")
 
 
@@ -33,49 +35,29 @@ def read_sts_csv(path: str) -> StsPairs:
       if not row or not any(row):
         continue
       if len(row) < len(COLUMNS):
-        raise ValueError(f"{path}:{lineno}: {len(row)} tab-separated fields, expected at "
+        raise InputError(f"{path}:{lineno}: {len(row)} tab-separated fields, expected at "
                          f"least {len(COLUMNS)} ({', '.join(COLUMNS)})")
       try:
         score = float(row[4])
       except ValueError:
-        raise ValueError(f"{path}:{lineno}: score {row[4]!r} is not a number") from None
+        raise InputError(f"{path}:{lineno}: score {row[4]!r} is not a number") from None
       scores.append(score)
       s1.append(row[5])
       s2.append(row[6])
   if not scores:
-    raise ValueError(f"{path}: no STS pairs")
+    raise InputError(f"{path}: no STS pairs")
   return StsPairs(s1, s2, np.asarray(scores, np.float64))
 
 
-def rankdata(x: Sequence[float]) -> np.ndarray:
-  """Ranks 1..n, ties getting the average of the ranks they span (scipy's "average")."""
-  x = np.asarray(x, np.float64)
-  if x.ndim != 1:
-    raise ValueError(f"rankdata needs a 1-D array, got shape {x.shape}")
-  order = np.argsort(x, kind="mergesort")
-  sorted_x = x[order]
-  # Starts of runs of equal values, plus the end; a run [a, b) gets rank (a + 1 + b) / 2.
-  bounds = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1], True])
-  run_ranks = (bounds[:-1] + 1 + bounds[1:]) / 2.0
-  ranks = np.empty(len(x), np.float64)
-  ranks[order] = np.repeat(run_ranks, np.diff(bounds))
-  return ranks
-
-
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-  x, y = x - x.mean(), y - y.mean()
-  denom = np.sqrt((x * x).sum() * (y * y).sum())
-  return float((x * y).sum() / denom) if denom > 0 else float("nan")
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-  """Spearman's rho: Pearson correlation of the average ranks (NaN if either is constant)."""
+  """Spearman's rho (ties get average ranks; NaN if either is constant)."""
+  from scipy.stats import spearmanr        # scipy comes with scikit-learn
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   if x.shape != y.shape or x.ndim != 1:
-    raise ValueError(f"spearman needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
-  if np.isnan(x).any() or np.isnan(y).any():
-    raise ValueError("spearman: input contains NaN")
-  return pearson(rankdata(x), rankdata(y))
+    raise InputError(f"spearman needs two 1-D arrays of one length, got {x.shape} and {y.shape}")
+  if not (np.isfinite(x).all() and np.isfinite(y).all()):
+    raise InputError("spearman: input contains NaN or inf")
+  return float(spearmanr(x, y).statistic)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -95,7 +77,7 @@ def sts_score(embed_fn: Callable[[list[str]], np.ndarray], pairs: StsPairs) -> f
   unique = sorted(set(pairs.sentence1) | set(pairs.sentence2))
   emb = np.asarray(embed_fn(unique))
   if emb.shape[0] != len(unique) or emb.ndim != 2:
-    raise ValueError(f"embed_fn returned shape {emb.shape} for {len(unique)} sentences")
+    raise InputError(f"embed_fn returned shape {emb.shape} for {len(unique)} sentences")
   index = {s: i for i, s in enumerate(unique)}
   a = emb[[index[s] for s in pairs.sentence1]]
   b = emb[[index[s] for s in pairs.sentence2]]

@@ -1,16 +1,15 @@
-"""Batched WordPiece tokenisation with the ``tokenizers`` library, as int32 numpy arrays.
+"""Batched WordPiece tokenisation with ``tokenizers``, as int32 numpy arrays.
 
-A model's ``tokenizer.json`` may carry its own truncation and padding (all-MiniLM-L6-v2's
-truncates and pads to 128, although the model is used at 256), so both are set here
-explicitly on every call: truncation to ``max_length`` tokens including [CLS] and [SEP] (as
-sentence-transformers does), then padding done by us, to the longest sequence of the batch
-rounded up to ``pad_to_multiple_of`` (few distinct shapes, so few jit compilations) or to
-exactly ``max_length`` (``padding="max_length"``, one shape).
+A ``tokenizer.json`` may carry its own truncation and padding (all-MiniLM-L6-v2's pads to 128):
+both are set here on every call: truncation to ``max_length`` tokens with [CLS] and [SEP], then
+our padding to the batch's longest row (rounded up to a multiple) or to ``max_length``.
 """
 import os
 from typing import Sequence
 
 import numpy as np
+
+from distill_jax.errors import InputError, MissingInput
 
 PADDINGS = ("longest", "max_length")
 
@@ -20,7 +19,7 @@ def padded_length(longest: int, max_length: int, padding: str = "longest",
   """The batch's sequence length: ``max_length``, or ``longest`` rounded up to a multiple of
   ``pad_to_multiple_of`` but never past ``max_length`` (which may itself be no multiple)."""
   if padding not in PADDINGS:
-    raise ValueError(f"padding={padding!r}: use one of {PADDINGS}")
+    raise InputError(f"padding={padding!r}: use one of {PADDINGS}")
   if padding == "max_length":
     return max_length
   multiple = max(1, pad_to_multiple_of)
@@ -35,7 +34,7 @@ class TextTokenizer:
     if os.path.isdir(tokenizer_json):
       tokenizer_json = os.path.join(tokenizer_json, "tokenizer.json")
     if not os.path.isfile(tokenizer_json):
-      raise FileNotFoundError(f"no tokenizer file at {tokenizer_json!r}")
+      raise MissingInput(f"no tokenizer file at {tokenizer_json!r}")
     self.path = tokenizer_json
     self.tokenizer = Tokenizer.from_file(tokenizer_json)
     self.tokenizer.no_padding()  # we pad (below); the file's fixed 128 would be wrong here
@@ -53,7 +52,7 @@ class TextTokenizer:
     if isinstance(texts, str):
       raise TypeError("encode takes a list of texts, not one string")
     if max_length < 2:
-      raise ValueError(f"max_length={max_length}: needs room for [CLS] and [SEP]")
+      raise InputError(f"max_length={max_length}: needs room for [CLS] and [SEP]")
     self._truncate_to(max_length)
     encodings = self.tokenizer.encode_batch(list(texts))
     longest = max((len(e.ids) for e in encodings), default=1)
@@ -72,8 +71,3 @@ class TextTokenizer:
     """Tokens per text after truncation (with [CLS] and [SEP])."""
     self._truncate_to(max_length)
     return np.array([len(e.ids) for e in self.tokenizer.encode_batch(list(texts))])
-
-
-def load_tokenizer(path: str) -> TextTokenizer:
-  """A :class:`TextTokenizer` from a ``tokenizer.json`` file or the model folder holding it."""
-  return TextTokenizer(path)

@@ -1,17 +1,9 @@
 """HuggingFace BERT safetensors <-> :class:`~distill_jax.models.bert.BertEncoder` parameters.
 
-Names map one to one (see :mod:`distill_jax.models.bert` for the Flax paths); PyTorch Linear
-weights are (out, in) and are transposed to Flax's (in, out). Import then export gives the
-same tensor names and bit-identical tensors:
-
-- the pooler is kept (``with_pooler``) when the file has one, so it survives the round trip,
-  although sentence embeddings never use it; a file without one imports with
-  ``with_pooler=False``;
-- the ``embeddings.position_ids`` buffer (``arange(max_position)``, int64) is checked on
-  import, not stored in the params, and written back on export (``position_ids=True``).
-
-Exported layers are renumbered 0..n-1 in index order, so a student built from a subset of a
-teacher's ``layer_{i}`` blocks exports as a plain n-layer BERT.
+Names map one to one; PyTorch Linear weights (out, in) are transposed to Flax's (in, out).
+Import then export is bit-identical (the pooler kept when present; the ``position_ids`` buffer
+checked on import, written on export). Exported layers are renumbered 0..n-1, so a student
+made of a subset of the teacher's blocks exports as a plain n-layer BERT.
 """
 import json
 import os
@@ -21,6 +13,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
+from distill_jax.errors import InputError, MissingInput
 from distill_jax.models.bert import BertConfig, bert_config_from_hf, bert_config_to_hf, init_params
 from distill_jax.paths import flatten, unflatten
 
@@ -63,10 +56,10 @@ def hf_to_flax_name(name: str) -> tuple[str, bool]:
   elif module in _TOP:
     flax_module = _TOP[module]
   else:
-    raise ValueError(f"unknown tensor {name!r}: not a BERT parameter this port maps")
+    raise InputError(f"unknown tensor {name!r}: not a BERT parameter this port maps")
   flax_leaf = _leaf_to_flax(flax_module, leaf)
   if flax_leaf is None:
-    raise ValueError(f"unknown tensor {name!r}: {module!r} has no parameter {leaf!r}")
+    raise InputError(f"unknown tensor {name!r}: {module!r} has no parameter {leaf!r}")
   return f"{flax_module}/{flax_leaf}", flax_leaf == "kernel"
 
 
@@ -82,10 +75,10 @@ def flax_to_hf_name(path: str, layer_index: Optional[int] = None) -> tuple[str, 
   elif module in inverse_top:
     hf_module = inverse_top[module]
   else:
-    raise ValueError(f"unknown parameter {path!r}: not a BertEncoder parameter")
+    raise InputError(f"unknown parameter {path!r}: not a BertEncoder parameter")
   inverse_leaf = {"embedding": "weight", "scale": "weight", "kernel": "weight", "bias": "bias"}
   if leaf not in inverse_leaf or _leaf_to_flax(module, inverse_leaf[leaf]) != leaf:
-    raise ValueError(f"unknown parameter {path!r}: {module!r} has no parameter {leaf!r}")
+    raise InputError(f"unknown parameter {path!r}: {module!r} has no parameter {leaf!r}")
   return f"{hf_module}.{inverse_leaf[leaf]}", leaf == "kernel"
 
 
@@ -95,27 +88,10 @@ def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flatten(abstract).items()}
 
 
-def infer_config(tensors: Mapping[str, np.ndarray], num_heads: int) -> BertConfig:
-  """Sizes from the tensors' shapes (the head count cannot be read off shapes)."""
-  def shape(name):
-    if name not in tensors:
-      raise ValueError(f"missing tensor {name!r}: cannot infer the BERT config without it")
-    return tensors[name].shape
-  vocab, hidden = shape("embeddings.word_embeddings.weight")
-  layers = {int(m.group(1)) for m in map(_HF_LAYER.fullmatch, tensors) if m}
-  return BertConfig(
-      vocab_size=vocab, hidden_size=hidden, num_layers=max(layers, default=-1) + 1,
-      num_heads=num_heads,
-      intermediate_size=shape("encoder.layer.0.intermediate.dense.weight")[0],
-      max_position=shape("embeddings.position_embeddings.weight")[0],
-      type_vocab_size=shape("embeddings.token_type_embeddings.weight")[0],
-      with_pooler="pooler.dense.weight" in tensors)
-
-
 def _check_position_ids(value: np.ndarray, cfg: BertConfig) -> None:
   want = np.arange(cfg.max_position)[None, :]
   if value.shape != want.shape or not np.array_equal(value, want):
-    raise ValueError(f"tensor {POSITION_IDS!r} of shape {value.shape} is not arange("
+    raise InputError(f"tensor {POSITION_IDS!r} of shape {value.shape} is not arange("
                      f"{cfg.max_position}) of shape {want.shape}: custom position ids are not "
                      "supported")
 
@@ -155,7 +131,7 @@ def hf_tensors_to_params(tensors: Mapping[str, np.ndarray], cfg: BertConfig) -> 
   if missing:
     errors.append(f"missing tensor(s): {', '.join(missing)}")
   if errors:
-    raise ValueError("cannot import BERT weights:\n  " + "\n  ".join(errors))
+    raise InputError("cannot import BERT weights:\n  " + "\n  ".join(errors))
   return unflatten({p: flat[p] for p in want}), cfg
 
 
@@ -167,27 +143,25 @@ def _files(path: str) -> tuple[str, Optional[str]]:
   else:
     weights, config = path, os.path.join(os.path.dirname(path), "config.json")
   if not os.path.isfile(weights):
-    raise FileNotFoundError(f"no safetensors file at {weights!r}")
+    raise MissingInput(f"no safetensors file at {weights!r}")
   return weights, config if os.path.isfile(config) else None
 
 
-def load_safetensors(path: str, config: Optional[BertConfig] = None,
-                     num_heads: Optional[int] = None) -> tuple[dict, BertConfig]:
-  """(params, config) of a HF BERT safetensors file or folder (``model.safetensors``).
-
-  The config is ``config``, else the ``config.json`` beside the weights, else inferred from
-  the shapes with ``num_heads`` (which shapes do not reveal).
-  """
+def load_safetensors(path: str, config: Optional[BertConfig] = None) -> tuple[dict, BertConfig]:
+  """(params, config) of a HF BERT safetensors file or folder (``model.safetensors``); the
+  config is ``config``, else the ``config.json`` beside the weights."""
   from safetensors.numpy import load_file
   weights, config_file = _files(path)
-  tensors = load_file(weights)
-  if config is None and config_file:
+  if config is None and not config_file:
+    raise MissingInput(f"{path!r} has no config.json beside its weights: pass config=")
+  try:
+    tensors = load_file(weights)
+  except Exception as e:   # safetensors raises its own error types for a damaged file
+    raise InputError(f"{weights!r} is not a readable safetensors file ({type(e).__name__}: "
+                     f"{str(e)[:200]})") from None
+  if config is None:
     with open(config_file) as f:
       config = bert_config_from_hf(json.load(f))
-  if config is None:
-    if num_heads is None:
-      raise ValueError(f"{path!r} has no config.json: pass config= or num_heads=")
-    config = infer_config(tensors, num_heads)
   return hf_tensors_to_params(tensors, config)
 
 
@@ -205,20 +179,10 @@ def params_to_hf_tensors(params: Mapping[str, Any], position_ids: bool = True) -
   if position_ids:
     pos = "embeddings.position_embeddings.weight"
     if pos not in out:
-      raise ValueError(f"missing parameter {hf_to_flax_name(pos)[0]!r}: cannot size "
+      raise InputError(f"missing parameter {hf_to_flax_name(pos)[0]!r}: cannot size "
                        f"{POSITION_IDS!r}")
     out[POSITION_IDS] = np.arange(out[pos].shape[0], dtype=np.int64)[None, :]
-  _check_complete(out, len(layers))
   return out
-
-
-def _check_complete(tensors: Mapping[str, np.ndarray], num_layers: int) -> None:
-  """A partial tree (a layer without its LayerNorm, say) would export a broken model."""
-  cfg = infer_config(tensors, num_heads=1)
-  want = {flax_to_hf_name(p)[0] for p in expected_shapes(cfg.replace(num_layers=num_layers))}
-  missing = sorted(want - set(tensors))
-  if missing:
-    raise ValueError(f"cannot export: missing parameter(s) for tensor(s) {', '.join(missing)}")
 
 
 def export_safetensors(params: Mapping[str, Any], path: str,

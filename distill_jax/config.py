@@ -1,0 +1,135 @@
+"""The one config schema: every key, its default and its meaning, for every task.
+
+Configs start from :func:`defaults`; a key means the same in every task. Terms are
+``(term, weight, options)``; plans are a ``name`` plus dotted overrides.
+"""
+import copy
+import importlib.util
+import os
+import re
+from typing import Any, Mapping, Optional
+
+import ml_collections
+
+from distill_jax.errors import InputError, MissingInput
+
+LABELS = (("ce", 1.0, {}),)                 # cross-entropy on the labels
+HINTON = (("kd", 0.9, {"temperature": 4.0}), ("ce", 0.1, {}))
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every key with its default; example configs override what they need."""
+  c = ml_collections.ConfigDict()
+  c.task = "classification"         # a registered task (distill_jax/tasks)
+  c.seed = 0
+  c.data = dict(
+      source="digits",              # a registered data source: digits | npz | tfds | mnist1d | sentences
+      name="",                      # tfds: the dataset's name, e.g. "mnist"
+      path="",                      # npz: the .npz file; sentences: the training text
+      eval_path="",                 # held-out file (sentences: an STS CSV or "tfds:glue/stsb")
+      data_dir="", download=False,  # tfds: where prepared data lives; may it download
+      test_fraction=0.2, split_seed=0,   # digits/npz: seeded held-out fraction
+      num_classes=0,                # npz: 0 = max label + 1
+      max_length=128,               # text: training sequences are truncated here
+      eval_max_length=256)          # text: evaluation sequences are truncated here
+  c.batch_size = 64
+  c.eval_batch_size = 512
+  c.micro_batches = 1               # gradient accumulation: each batch in k parts
+  c.mesh = dict(data=-1)            # {axis: size}, -1: the remaining devices
+  # (regex over "/"-joined paths of the train state / teacher params, PartitionSpec entries)
+  c.sharding = dict(student=((".*", ()),), teacher=((".*", ()),))
+  c.distributed = dict(auto=False, coordinator_address="", num_processes=1, process_id=0,
+                       cpu_collectives="", timeout=300)
+  c.log_every = 10                  # train metrics (and a sync with the devices)
+  c.eval_every = 0                  # held-out metrics during training (0: at the end only)
+  c.checkpoint_every = 500
+  # The teacher: trained on ``terms`` (labels) unless ``load`` names a model to load: an
+  # export directory (WORKDIR/teacher/export), a registered pretrained model ("minilm") or a
+  # HF safetensors folder.
+  c.teacher = dict(model=dict(name="mlp"), load="", steps=1000, learning_rate=1e-3,
+                   mixup=0.0, frozen=(), terms=LABELS)
+  # The student trained from scratch on labels with the student's recipe, for comparison.
+  c.baseline = dict(enabled=False, terms=LABELS)
+  # The student: model (a model of the teacher's family starts from the teacher's fields),
+  # recipe, and its initialisation from the teacher (partition rules + recombination).
+  c.student = dict(
+      model=dict(name="mlp"), steps=1000, learning_rate=1e-3, mixup=0.0,
+      frozen=(),                    # regexes of parameters that get no updates
+      init=dict(strategy="random",  # random | select | average | similarity | width
+                rules=(("depth", r"Dense_(\d+)"),),
+                num_examples=512,   # training inputs for data-driven strategies (CKA, ...)
+                random={}, select=dict(layers=(), every=0), average={},
+                similarity=dict(measure="auto", mode="merge"),
+                width=dict(layers=(), every=0, importance="weight"),
+                # Choose the init among plans before training, without labels: "agreement"
+                # scores each plan's student against the teacher on num_examples training
+                # inputs. plans=(): every choice of the student's depth among the teacher's
+                # layers (select).
+                choose=dict(by="", num_examples=1000, plans=()),
+                # Plans scored on held-out data right after initialisation, for the report.
+                compare=()))
+  c.distill = dict(
+      terms=HINTON,                 # (registered term, weight, options)
+      teacher_dtype="float32",      # "bfloat16": the teacher's forward pass in bf16
+      cache="",                     # "": online teacher | "full" | "topk": outputs cached once
+      cache_topk=5,
+      # Stage-wise: the feature terms alone for stage1.steps (phase "features"), then the
+      # teacher's parameters under each (teacher, student) prefix of ``head`` copied where
+      # shapes fit, then the other terms (phase "student").
+      stage1=dict(steps=0, head=()))
+  c.search = dict(plans=(), steps=500, seeds=(0,), target=0.0, max_plans=10, val_fraction=0.2)
+  c.sweep = dict(variants=(), seeds=(0, 1, 2),
+                 names=())          # run only the variants of these names (all when empty)
+  c.export = dict(safetensors=True)  # families with a standard layout also export it
+  return c
+
+
+def plan(name: str, **overrides: Any) -> dict:
+  """A plan: ``plan("w32", **{"student.model.hidden": (32, 32)})``."""
+  return dict(name=name, **overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any],
+                    what: str = "plan") -> ml_collections.ConfigDict:
+  """A copy of ``config`` with each dotted key set (a whole section when the key names one).
+
+  Every key must exist already: a typo is an error naming it, like a command-line override.
+  """
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for dotted, value in overrides.items():
+      keys = dotted.split(".")
+      node = c
+      for i, key in enumerate(keys):
+        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+          raise InputError(f"{what}: unknown config key {'.'.join(keys[:i + 1])!r} "
+                           f"(in {dotted!r})")
+        if i < len(keys) - 1:
+          node = node[key]
+      node[keys[-1]] = ml_collections.ConfigDict(dict(value)) if isinstance(value, Mapping) \
+          else value
+  return c
+
+
+def plan_overrides(p: Mapping[str, Any], what: str) -> dict:
+  """The dotted overrides of plan ``p``; its name must be safe as one path component."""
+  name = p.get("name", "")
+  if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*", name):
+    raise InputError(f"{what}: plan name {name!r} must be a non-empty name of letters, digits "
+                     "and _.,=+- (it names a directory in the workdir)")
+  return {k: v for k, v in p.items() if k != "name"}
+
+
+def load(path: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of the config file at ``path``."""
+  if not os.path.isfile(path):
+    raise MissingInput(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def sibling(config_file: str, name: str, arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of config file ``name`` in the same folder as ``config_file``."""
+  return load(os.path.join(os.path.dirname(os.path.abspath(config_file)), name), arg)

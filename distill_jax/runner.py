@@ -1,0 +1,321 @@
+"""The one runner: a training phase for any task, and the phases of the job.
+
+:func:`train_phase` is the only place that wires a phase (rng by phase, optimizer, feature
+projections, shardings, teacher cache, jit, batches by (seed, step), checkpoints, ``fit``);
+the main job, search, sweep, benchmarks and tests all train through it.
+"""
+import copy
+import dataclasses
+import itertools
+import os
+import zlib
+from typing import Any, Optional, Sequence
+
+import jax
+
+from distill_jax import features as features_lib
+from distill_jax import losses, models, plans, recombine, sharding, teacher_cache, train
+from distill_jax.checkpoint import (Checkpointer, MODEL_FILE, load_export_params,
+                                    read_export_meta, save_export)
+from distill_jax.config import apply_overrides
+from distill_jax.data import local_indices, steps_per_epoch
+from distill_jax.errors import InputError, MissingInput
+from distill_jax.loop import MetricsWriter, fit
+from distill_jax.partition import partition
+from distill_jax.paths import count_params, fingerprint
+from distill_jax.recombine.accounting import format_accounting, write_accounting
+from distill_jax.tasks import TASKS, Task, TaskData
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What every phase of a job shares."""
+  config: Any
+  task: Task
+  data: TaskData
+  mesh: Any
+  workdir: str
+  writer: Optional[MetricsWriter] = None
+
+  def evaluator(self, model, reference: Any = None):
+    return lambda params: self.task.evaluate(model, params, self.data, self.mesh, self.config,
+                                             reference)
+
+  def with_config(self, config) -> "Run":
+    return dataclasses.replace(self, config=config)
+
+
+def start(config, workdir: str, data: Optional[TaskData] = None, metrics: bool = True) -> Run:
+  """A :class:`Run` of ``config`` in ``workdir`` (the task's data loaded unless given)."""
+  task = TASKS.get(config.task)
+  data = data if data is not None else task.load(config)
+  writer = (MetricsWriter(os.path.join(workdir, "metrics.jsonl"),
+                          tensorboard_dir=os.path.join(workdir, "tensorboard"))
+            if metrics else None)
+  return Run(config, task, data, sharding.make_mesh(config.mesh.to_dict()), workdir, writer)
+
+
+def key(config, part: Any = None) -> jax.Array:
+  """The run's key, or folded with ``part`` (a phase name: its crc32, stable across processes)."""
+  base = jax.random.PRNGKey(config.seed)
+  part = zlib.crc32(part.encode()) if isinstance(part, str) else part
+  return base if part is None else jax.random.fold_in(base, part)
+
+
+def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequence,
+                teacher: Optional[tuple] = None, teacher_layers: Optional[Sequence[int]] = None,
+                eval_fn=None) -> Any:
+  """Train ``params`` of ``model`` on ``terms`` for ``recipe.steps`` (``recipe``: steps,
+  learning_rate, mixup, frozen), checkpointing in ``WORKDIR/<phase>/checkpoints`` and resuming
+  from there; returns the final params. ``teacher``: ``(model, params)`` for terms that read
+  it; ``eval_fn(params)`` gives held-out metrics every ``eval_every`` steps and at the end."""
+  config, data = run.config, run.data
+  bound = losses.bind(terms, f"{phase} terms")
+  rng = key(config, phase)
+  needs_teacher = any(b.term.teacher for b in bound)
+  if needs_teacher and teacher is None:
+    raise InputError(f"{phase} terms {[b.name for b in bound]} read a teacher; there is none")
+  resolved, projections = [], {}
+  if any(b.term.features for b in bound):
+    resolved, projections = features_lib.setup(bound, teacher[0], teacher[1], model, params,
+                                               data.example, jax.random.fold_in(rng, 1),
+                                               teacher_layers)
+  tx = train.make_optimizer(recipe.learning_rate, recipe.steps, tuple(recipe.get("frozen", ())))
+  state = train.TrainState.create(params, tx, rng, projections)
+  state_shardings = sharding.tree_shardings(state, config.sharding.student, run.mesh)
+  arrays, teacher_model, teacher_params, teacher_shardings = dict(data.train), None, None, None
+  if needs_teacher:
+    teacher_model, teacher_params = teacher
+    if config.distill.teacher_dtype != "float32":
+      teacher_params = jax.tree.map(lambda a: a.astype(config.distill.teacher_dtype),
+                                    teacher_params)
+    teacher_shardings = sharding.tree_shardings(teacher_params, config.sharding.teacher, run.mesh)
+    teacher_params = sharding.place(teacher_params, teacher_shardings)
+    if config.distill.cache and not resolved:
+      arrays.update(cached_outputs(run, bound, teacher_model, teacher_params, recipe))
+  step = train.make_train_step(
+      model, bound, teacher_model, features=resolved, mixup_alpha=recipe.mixup,
+      mixup_keys=data.mixup_keys, micro_batches=config.micro_batches,
+      teacher_dtype=None if config.distill.teacher_dtype == "float32"
+      else config.distill.teacher_dtype)
+  jitted = train.jit_train_step(step, run.mesh, state_shardings, teacher_shardings)
+  n, batch_size = data.num_train, config.batch_size
+  per_epoch = steps_per_epoch(n, batch_size)
+
+  def batch_fn(i: int) -> dict:
+    return data.rows(local_indices(n, batch_size, config.seed, i, jax.process_index(),
+                                   jax.process_count()), arrays)
+
+  def data_meta(i: int) -> dict:
+    epoch, index = divmod(i, per_epoch)
+    return {"phase": phase, "data": {"seed": config.seed, "batch_size": batch_size,
+                                     "epoch": epoch, "index_in_epoch": index}}
+
+  checkpointer = Checkpointer(os.path.join(run.workdir, phase, "checkpoints"))
+  try:
+    state = fit(phase=phase, state=state, step_fn=jitted, batch_fn=batch_fn,
+                num_steps=recipe.steps, mesh=run.mesh, state_shardings=state_shardings,
+                checkpointer=checkpointer, batch_size=batch_size, teacher_params=teacher_params,
+                writer=run.writer, log_every=config.log_every,
+                checkpoint_every=config.checkpoint_every,
+                learning_rate_fn=train.learning_rate_schedule(recipe.learning_rate, recipe.steps),
+                data_meta=data_meta, eval_fn=eval_fn, eval_every=config.eval_every)
+  finally:
+    checkpointer.close()
+  return state.params
+
+
+def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, recipe) -> dict:
+  """The teacher's outputs on every training example, computed once (``teacher_cache.py``)."""
+  config = run.config
+  if recipe.mixup:
+    raise InputError(f"distill.cache={config.distill.cache!r} needs a recipe without "
+                     f"augmentation, but student.mixup={recipe.mixup}: mixed-up inputs need the "
+                     "online teacher (set distill.cache='' or student.mixup=0)")
+  names = sorted({r for b in bound if b.term.teacher for r in b.term.reads} - {"labels"})
+  settings = {"cache": config.distill.cache, "topk": config.distill.cache_topk,
+              "teacher_dtype": config.distill.teacher_dtype, "outputs": names}
+
+  def build():
+    out = train.predict(teacher, teacher_params, run.data.train, run.mesh,
+                        config.eval_batch_size, run.data.prepare)
+    return teacher_cache.compute({k: out[k] for k in names}, config.distill.cache,
+                                 config.distill.cache_topk)
+  return teacher_cache.load_or_build(
+      os.path.join(run.workdir, "teacher_cache"),
+      teacher_cache.cache_key(teacher_params, run.data.train, settings), build)
+
+
+# --- models: build, load, export ---------------------------------------------------------------
+
+def load_model(task: Task, spec: str, data: TaskData, what: str = "teacher.load") -> tuple[Any, Any]:
+  """``(model, params)`` of an export directory, or of a pretrained model the task knows."""
+  if os.path.isfile(os.path.join(spec, MODEL_FILE)):
+    meta = read_export_meta(spec)
+    model = models.build(meta["model"], {**data.info, **meta.get("info", {})})
+    return model, load_export_params(spec, model, dict(data.example))
+  got = task.pretrained(spec)
+  if got is None:
+    raise MissingInput(f"{what}={spec!r}: neither an export directory (no {MODEL_FILE}) "
+                       f"nor a pretrained model the {type(task).__name__} task can read")
+  model_config, params = got
+  return models.build(model_config, data.info), params
+
+
+def export(run: Run, phase: str, model, params: Any) -> str:
+  """``WORKDIR/<phase>/export``: the common format (every process: Orbax coordinates the
+  hosts) plus what the task adds (process 0)."""
+  directory = save_export(os.path.join(run.workdir, phase, "export"), model, params,
+                          dict(run.data.info), dict(run.data.example))
+  if jax.process_index() == 0:
+    run.task.export(directory, model, params, run.data, run.config)
+  return directory
+
+
+def get_teacher(run: Run, loaded: Optional[tuple] = None) -> tuple[Any, Any]:
+  """The teacher: ``teacher.load`` (or ``loaded``, what a check already read), else trained on
+  ``teacher.terms`` and exported to ``WORKDIR/teacher/export``."""
+  c = run.config.teacher
+  if c.load:
+    return loaded or load_model(run.task, c.load, run.data)
+  model = models.build(c.model, run.data.info)
+  params = model.init(key(run.config), dict(run.data.example))
+  params = train_phase(run, "teacher", model, params, c, c.terms, eval_fn=run.evaluator(model))
+  export(run, "teacher", model, params)
+  return model, params
+
+
+def student_model(config, data: TaskData, teacher) -> Any:
+  """``student.model``; a student of the teacher's family starts from the teacher's fields."""
+  fields = dict(config.student.model)
+  if fields["name"] == teacher.name:
+    fields = {**teacher.config, **fields}
+  return models.build(fields, data.info)
+
+
+# --- the student: init, choice, distillation ---------------------------------------------------
+
+def init_student(run: Run, student, teacher, teacher_params: Any,
+                 write: bool = False) -> tuple[Any, dict]:
+  """Fresh student parameters, then ``student.init``'s recombination of the teacher into them;
+  returns them and the accounting (written to the workdir when ``write``)."""
+  init = run.config.student.init
+  fresh = student.init(key(run.config, 1), dict(run.data.example))
+  sample = run.data.rows(slice(0, init.num_examples))
+  context = recombine.Context(teacher, teacher_params, sample, run.workdir if write else None)
+  params, report = recombine.recombine(teacher_params, fresh, strategy=init.strategy,
+                                       rules=init.rules, context=context,
+                                       **dict(init.get(init.strategy, {})))
+  if write and jax.process_index() == 0:
+    write_accounting(report, run.workdir)
+  return params, report
+
+
+def layer_plans(run: Run, student, teacher_params: Any) -> list[dict]:
+  """``select`` plans for every choice of the student's depth among the teacher's layers."""
+  rules = run.config.student.init.rules
+  depth = lambda params: len(recombine.layer_groups(partition(params, rules)))
+  m = depth(jax.eval_shape(student.init, key(run.config), dict(run.data.example)))
+  return [{"name": "layers_" + ",".join(map(str, c)), "student.init.strategy": "select",
+           "student.init.select.layers": c}
+          for c in itertools.combinations(range(depth(teacher_params)), m)]
+
+
+def score_inits(run: Run, candidates: Sequence[dict], what: str, student, teacher,
+                teacher_params: Any, teacher_id: str, measure) -> list[dict]:
+  """Each plan's student, right after initialisation, scored by ``measure(params, report)``;
+  cached in ``WORKDIR/<what>/<plan>/``."""
+  planned = lambda p: run.with_config(apply_overrides(run.config, plans.plan_overrides(p, what)))
+
+  def score(p: dict, directory: str) -> dict:
+    return measure(*init_student(planned(p), student, teacher, teacher_params))
+
+  return plans.run_plans(candidates, score, os.path.join(run.workdir, what.split(".")[-1]),
+                         lambda p: plans.key_of(planned(p).config.student, run.config.data,
+                                                run.data.identity, teacher_id, what), what=what)
+
+
+def choose_init(run: Run, student, teacher, teacher_params: Any,
+                teacher_id: str) -> tuple[Run, dict]:
+  """``student.init.choose``: the plan whose student agrees best with the teacher before any
+  training (no labels); returns the run with that plan applied, and every plan's score."""
+  choose = run.config.student.init.choose
+  if not choose.by:
+    return run, {}
+  if choose.by != "agreement":
+    raise InputError(f"student.init.choose.by={choose.by!r}: use '' or 'agreement'")
+  entries = score_inits(
+      run, list(choose.plans) or layer_plans(run, student, teacher_params),
+      "student.init.choose", student, teacher, teacher_params, teacher_id,
+      lambda params, _: {"agreement": run.task.agreement(
+          student, params, teacher, teacher_params, run.data, run.mesh, run.config,
+          choose.num_examples)})
+  best = max(entries, key=lambda e: e["agreement"])
+  print(f"student init chosen by agreement with the teacher on {choose.num_examples} training "
+        f"examples: {best['plan']['name']} ({best['agreement']:.4f}; {len(entries)} plans)")
+  chosen = run.with_config(apply_overrides(run.config, plans.plan_overrides(best["plan"], "")))
+  return chosen, {"chosen": best["plan"]["name"],
+                  "agreement": {e["plan"]["name"]: e["agreement"] for e in entries}}
+
+
+def distill(run: Run, student, params: Any, teacher, teacher_params: Any,
+            teacher_layers: Optional[Sequence[int]], eval_fn) -> Any:
+  """``distill.terms`` on the student; with ``distill.stage1.steps``, the feature terms alone
+  first (phase ``features``), then the teacher's head copied in, then the other terms."""
+  config, d = run.config, run.config.distill
+  terms, pair = list(d.terms), (teacher, teacher_params)
+  if d.stage1.steps:
+    is_feature = lambda t: losses.TERMS.get(t[0]).features
+    stage1 = copy.deepcopy(config.student)
+    with stage1.unlocked():
+      stage1.steps = d.stage1.steps
+    params = train_phase(run, "features", student, params, stage1,
+                         [t for t in terms if is_feature(t)], pair, teacher_layers, eval_fn)
+    params = features_lib.reuse_head(teacher_params, params, d.stage1.head)
+    terms = [t for t in terms if not is_feature(t)]
+  return train_phase(run, "student", student, params, config.student, terms, pair,
+                     teacher_layers, eval_fn)
+
+
+def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
+                 write: bool = True) -> dict:
+  """Build, choose, initialise, distil, evaluate (and, when ``write``, export) the student."""
+  student = student_model(run.config, run.data, teacher)
+  teacher_id = fingerprint(teacher_params)
+  run, choice = choose_init(run, student, teacher, teacher_params, teacher_id)
+  # student.init.compare: plans scored on held-out data right after initialisation (report)
+  compared = {e["plan"]["name"]: {k: v for k, v in e.items() if k != "plan"}
+              for e in score_inits(run, run.config.student.init.compare, "student.init.compare",
+                                   student, teacher, teacher_params, teacher_id,
+                                   lambda params, report: {
+                                       **run.evaluator(student, reference)(params),
+                                       "reused_params": report["reused_params"]})}
+  params, report = init_student(run, student, teacher, teacher_params, write)
+  if write:
+    print(format_accounting(report))
+  evaluate = run.evaluator(student, reference)
+  at_init = evaluate(params)
+  params = distill(run, student, params, teacher, teacher_params, report.get("teacher_layers"),
+                   evaluate)
+  row = {"params": count_params(params), **evaluate(params), "at_init": at_init, "init": report,
+         "model": student.config, "terms": [list(t) for t in run.config.distill.terms]}
+  if write:
+    row["export"] = export(run, "student", student, params)
+  out = {"student": row}
+  if choice:
+    out["init_choice"] = choice
+  if compared:
+    out["init_compare"] = compared
+  return out
+
+
+def summary_row(run: Run, model, params: Any, reference: Any = None) -> dict:
+  return {"params": count_params(params), **run.evaluator(model, reference)(params)}
+
+
+def baseline(run: Run, teacher, reference: Any) -> dict:
+  """The student trained from scratch on ``baseline.terms`` with the student's recipe."""
+  student = student_model(run.config, run.data, teacher)
+  fresh = student.init(key(run.config, 1), dict(run.data.example))
+  params = train_phase(run, "baseline", student, fresh, run.config.student,
+                       run.config.baseline.terms, eval_fn=run.evaluator(student, reference))
+  return summary_row(run, student, params, reference)

@@ -1,0 +1,83 @@
+"""Tasks: what is specific to a model family, and nothing else.
+
+A task supplies its data (training arrays, batched by (seed, step); a held-out set), its
+evaluators (held-out metrics; a label-free agreement score), the pretrained models it reads and
+what its exports add. The runner does everything else. Register an instance with
+``TASKS.register("name")(MyTask())``; see docs/extending.md.
+"""
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+from distill_jax.errors import InputError
+from distill_jax.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskData:
+  """A task's data. ``train``: arrays with one row per example (the batch keys the models
+  read, labels ``y`` if any); ``eval``: the held-out set in the task's own form; ``info``:
+  what model builders and exports need (``num_classes``, a tokenizer file...); ``identity``:
+  what the data is (source, path, content hash) for run manifests and caches; ``example``: a
+  small batch the models read (for initialisation and shape checks)."""
+  name: str
+  train: Mapping[str, np.ndarray]
+  eval: Any
+  info: Mapping[str, Any]
+  identity: Mapping[str, Any]
+  example: Mapping[str, np.ndarray]
+  mixup_keys: tuple = ()               # float inputs that mixup may mix
+  prepare: Callable[[dict], dict] = lambda batch: batch   # per batch (e.g. cut padding)
+
+  @property
+  def num_train(self) -> int:
+    return len(next(iter(self.train.values()))) if self.train else 0
+
+  def rows(self, idx: np.ndarray, arrays: Optional[Mapping[str, np.ndarray]] = None) -> dict:
+    """The prepared batch of training rows ``idx`` (of ``arrays``, default ``train``)."""
+    return self.prepare({k: v[idx] for k, v in (arrays or self.train).items()})
+
+
+class Task:
+  """Base class: a task overrides :meth:`load`, :meth:`evaluate` and what else differs;
+  ``metric`` names the held-out metric summaries and searches rank by (higher is better)."""
+  metric = "accuracy"
+
+  def load(self, config) -> TaskData:
+    raise NotImplementedError
+
+  def check(self, config, data: TaskData) -> None:
+    """Task-specific config checks, before anything is written."""
+
+  def reference(self, model, params: Any, data: TaskData, mesh, config) -> Any:
+    """What :meth:`evaluate` compares students with (e.g. the teacher's held-out outputs)."""
+
+  def evaluate(self, model, params: Any, data: TaskData, mesh, config,
+               reference: Any = None) -> dict:
+    """Held-out metrics of ``model`` (with ``reference``: also how it agrees with it)."""
+    raise NotImplementedError
+
+  def agreement(self, student, student_params: Any, teacher, teacher_params: Any,
+                data: TaskData, mesh, config, num_examples: int) -> float:
+    """Label-free: how closely the student follows the teacher on training inputs."""
+    raise InputError(f"task {type(self).__name__} has no label-free agreement score")
+
+  def validation(self, data: TaskData, fraction: float, seed: int) -> TaskData:
+    """The data with a validation split carved from its training data as the held-out set."""
+    raise InputError(f"task {type(self).__name__} cannot carve a validation split")
+
+  def pretrained(self, spec: str) -> Optional[tuple[dict, Any]]:
+    """``(model config, params)`` of a pretrained model named ``spec`` this task knows how to
+    read (a packaged model, a file layout), or None."""
+    return None
+
+  def export(self, directory: str, model, params: Any, data: TaskData, config) -> None:
+    """Files a family adds to the common export (e.g. a standard weights layout)."""
+
+
+TASKS: Registry[Task] = Registry("task")
+
+# The built-in tasks register themselves.
+from distill_jax.tasks import classification as _classification  # noqa: E402,F401
+from distill_jax.tasks import sentence_embedding as _sentence_embedding  # noqa: E402,F401

@@ -1,0 +1,9 @@
+"""Test-session settings: JAX's persistent compilation cache, shared by the tests and the
+commands they start, so the many runs of the same smoke configs compile once."""
+import os
+import tempfile
+
+# Before anything imports jax (the tests' subprocesses inherit the environment).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="distill_jax_jit_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
