@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 from distill_jax import models  # noqa: E402
 from distill_jax.checkpoint import load_export_params, read_export_meta  # noqa: E402
+from distill_jax.tasks.sentence_embedding import embed  # noqa: E402
 from distill_jax.text import minilm  # noqa: E402
 from distill_jax.text.tokenize import TextTokenizer  # noqa: E402
 
@@ -54,7 +55,7 @@ def jax_encoder(spec: str, batch_size: int, max_length: int) -> Callable[[list[s
                                 tokenizer.encode(["an example"], 16))
   model = models.build(model_config, {})
   params = jax.device_put(params)
-  return lambda s: minilm.embed(model, params, tokenizer, s, batch_size, max_length)
+  return lambda s: embed(model, params, tokenizer, s, batch_size, max_length)
 
 
 def torch_encoder(threads: int, batch_size: int, max_length: int) -> Callable[[list[str]], np.ndarray]:

@@ -1,9 +1,6 @@
-"""Persistence: Orbax checkpoints of a training phase, and the one export format.
-
-Checkpoints (``WORKDIR/<phase>/checkpoints/<step>/``): ``params``, ``train`` (optimizer state,
-projections, step, key), ``meta`` (the data position), always restored through an abstract
-target. Exports (``WORKDIR/<phase>/export/``): ``model.json`` (registry name, fields, data info)
-and ``params/``, plus a family's standard layout; teacher loaders and evaluators read them.
+"""Persistence: Orbax checkpoints of a phase (``<phase>/checkpoints/<step>/``: params, training
+state, data position; restored through an abstract target) and the one export format
+(``<phase>/export/``: ``model.json`` and ``params/``, plus a family's standard layout).
 """
 import json
 import logging
@@ -33,8 +30,8 @@ def check_shapes(saved: dict, wanted: dict, where: str) -> None:
   """Raise naming every path that is missing, extra or of another shape (``{path: shape}``)."""
   problems = [f"{k}: missing" for k in sorted(set(wanted) - set(saved))]
   problems += [f"{k}: not a parameter of the model" for k in sorted(set(saved) - set(wanted))]
-  problems += [f"{k}: saved {saved[k]} vs model {wanted[k]}" for k in sorted(set(saved) & set(wanted))
-               if tuple(saved[k]) != tuple(wanted[k])]
+  problems += [f"{k}: saved {saved[k]} vs model {wanted[k]}" for k in sorted(wanted)
+               if k in saved and tuple(saved[k]) != tuple(wanted[k])]
   if problems:
     raise InputError(f"{where} does not fit the model: " + "; ".join(problems) + ". Use the "
                      "config it was written with, or another workdir.")
@@ -59,6 +56,14 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(directory)
+    try:    # an unwritable directory fails now, not in Orbax's background threads
+      os.makedirs(self.directory, exist_ok=True)
+      probe = os.path.join(self.directory, f".write_test.{os.getpid()}")
+      open(probe, "w").close()
+      os.remove(probe)
+    except OSError as e:
+      raise InputError(f"checkpoint directory {self.directory} cannot be written: "
+                       f"{e.strerror}") from None
     # Handlers named up front, so that item metadata (shapes) can be read before a restore.
     self.manager = ocp.CheckpointManager(
         self.directory,
@@ -78,10 +83,14 @@ class Checkpointer:
 
   def save(self, state, meta: dict) -> None:
     step = int(jax.device_get(state.step))
-    self.manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state.params),
-        train=ocp.args.StandardSave(self._train_item(state)),
-        meta=ocp.args.JsonSave(dict(meta, step=step))), force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          params=ocp.args.StandardSave(state.params),
+          train=ocp.args.StandardSave(self._train_item(state)),
+          meta=ocp.args.JsonSave(dict(meta, step=step))), force=True)
+    except OSError as e:
+      raise InputError(f"checkpoint step {step} cannot be written to {self.directory}: "
+                       f"{e.strerror}") from None
 
   def restore(self, template) -> Optional[tuple[Any, dict]]:
     """The newest good checkpoint restored into ``template``'s structure (None: none). One
@@ -119,7 +128,11 @@ class Checkpointer:
     print(message, file=sys.stderr)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except OSError as e:       # an asynchronous write that failed
+      raise InputError(f"a checkpoint in {self.directory} could not be written: "
+                       f"{e.strerror}") from None
 
   def close(self) -> None:
     self.manager.close()

@@ -1,20 +1,18 @@
-"""Everything that can be checked before anything is written: values, data, models, terms,
-rules, the recombination plan and the feature pairs (a dry run on shapes, no training).
-
-Each failure is an ``InputError`` naming the key, path or shape and the valid range.
+"""Everything checked before anything is written (a dry run on shapes, no training); each
+failure is an ``InputError`` naming the key, path or shape and its valid range.
 """
 import dataclasses
 import math
-import re
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
 from distill_jax import features, losses, models, recombine, sharding
-from distill_jax.config import plan_overrides
+from distill_jax.config import apply_overrides, plan_overrides
 from distill_jax.data import steps_per_epoch
 from distill_jax.errors import InputError
+from distill_jax.paths import compile_regex, flatten
 from distill_jax.runner import load_model, student_model
 from distill_jax.tasks import TASKS, TaskData
 
@@ -33,6 +31,7 @@ RANGES = (("batch_size", 1, False, True), ("eval_batch_size", 1, False, True),
           ("student.steps", 1, False, True), ("student.learning_rate", 0, True, False),
           ("student.mixup", 0, False, False), ("teacher.mixup", 0, False, False),
           ("student.init.num_examples", 1, False, True), ("distill.stage1.steps", 0, False, True),
+          ("student.init.choose.num_examples", 1, False, True),
           ("distill.cache_topk", 1, False, True), ("search.steps", 1, False, True),
           ("search.max_plans", 1, False, True), ("search.val_fraction", 0, True, False))
 CHOICES = (("distill.cache", ("", "full", "topk")),
@@ -68,10 +67,7 @@ def check_values(config) -> None:
   patterns += [(f"sharding.{r}", rule[0]) for r in ("student", "teacher")
                for rule in config.sharding[r]]
   for what, p in patterns:
-    try:
-      re.compile(p)
-    except (re.error, TypeError) as e:
-      raise InputError(f"{what}: {p!r} is not a valid regex ({e})") from None
+    compile_regex(p, what)
   for what in ("search.plans", "sweep.variants", "student.init.compare",
                "student.init.choose.plans"):
     for p in _get(config, what):
@@ -89,28 +85,61 @@ def zeros_like_init(model, data: TaskData) -> Any:
 
 def output_names(model, data: TaskData, what: str) -> set:
   """The outputs ``model`` gives on the data's examples (shapes only: no memory is used)."""
-  try:
-    return set(jax.eval_shape(lambda p: model.apply(p, dict(data.example))[0],
-                              jax.eval_shape(model.init, jax.random.PRNGKey(0), dict(data.example))))
-  except InputError:
-    raise
-  except Exception as e:
-    raise InputError(f"{what} {model.name!r} does not read the data's examples "
-                     f"({ {k: tuple(v.shape) for k, v in data.example.items()} }): "
-                     f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+  shapes = {k: tuple(v.shape) for k, v in data.example.items()}
+  for doing, f in (("be initialised", lambda: jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                                                             dict(data.example))),
+                   ("read the data's examples", lambda: jax.eval_shape(
+                       lambda p: model.apply(p, dict(data.example))[0], params))):
+    try:
+      params = f()
+    except InputError:
+      raise
+    except Exception as e:
+      raise InputError(f"{what} {model.config} cannot {doing} {shapes} (a size of 0 in its "
+                       f"fields?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                       ) from None
+    check_sizes(params, what) if doing == "be initialised" else None
+  return set(params)
 
 
 def check(config) -> Checked:
-  """Check ``config`` against its task's data and models; returns what was read."""
+  """Check ``config`` (and every plan it lists) against its task's data and models; returns
+  what was read."""
   task = TASKS.get(config.task)
   check_values(config)
   data = task.load(config)
-  task.check(config, data)
-  terms = {what: losses.bind(config[what.split(".")[0]].terms, what)
-           for what in ("teacher.terms", "baseline.terms", "distill.terms")}
   loaded = load_model(task, config.teacher.load, data) if config.teacher.load else None
   teacher = loaded[0] if loaded else models.build(config.teacher.model, data.info)
   tparams = loaded[1] if loaded else zeros_like_init(teacher, data)
+  if not loaded:
+    check_sizes(tparams, "teacher.model")
+  check_run(config, task, data, teacher, tparams)
+  for what in ("search.plans", "sweep.variants", "student.init.compare",
+               "student.init.choose.plans"):
+    for p in _get(config, what):    # a plan's mistake is found now, not after the teacher
+      planned = apply_overrides(config, plan_overrides(p, what), f"{what} {p['name']!r}")
+      try:
+        check_values(planned)
+        check_run(planned, task, data, teacher, tparams, init_only=what.startswith("student"))
+      except InputError as e:
+        raise InputError(f"{what} {p['name']!r}: {e}") from None
+  return Checked(data, loaded)
+
+
+def check_sizes(params: Any, what: str) -> None:
+  empty = [k for k, v in flatten(params).items() if 0 in v.shape]
+  if empty:
+    raise InputError(f"{what}: parameter(s) {empty} would have no elements (a width or size "
+                     "of 0 in the model's fields?)")
+
+
+def check_run(config, task, data: TaskData, teacher, tparams: Any,
+              init_only: bool = False) -> None:
+  """The checks of one run's config given the data and the teacher (a dry run on shapes);
+  ``init_only``: of the student's initialisation alone (plans that are never trained)."""
+  task.check(config, data)
+  terms = {what: losses.bind(config[what.split(".")[0]].terms, what)
+           for what in ("teacher.terms", "baseline.terms", "distill.terms")}
   student = student_model(config, data, teacher)
   outputs = {"teacher": output_names(teacher, data, "teacher.model"),
              "student": output_names(student, data, "student.model")}
@@ -121,16 +150,20 @@ def check(config) -> Checked:
       wanted = set(b.term.reads) - {"labels", losses.FEATURES}
       missing = {r: sorted(wanted - o) for r, o in outputs.items() if wanted - o}
       if missing:
+        have = {r: sorted(o) for r, o in outputs.items()}
         raise InputError(f"{what}: term {b.name!r} reads outputs {sorted(wanted)}; the models "
-                         f"lack {missing} (they output {dict((r, sorted(o)) for r, o in outputs.items())})")
+                         f"lack {missing} (they output {have})")
       if "labels" in b.term.reads and "y" not in data.train and data.num_train:
         raise InputError(f"{what}: term {b.name!r} reads labels; the {config.task} data has "
                          "none")
   init = config.student.init
   sparams = zeros_like_init(student, data)
+  check_sizes(sparams, "student.model")
   context = recombine.Context(teacher, tparams, dict(data.example))
   _, report = recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,
                                   context=context, **dict(init.get(init.strategy, {})))
+  if init_only:
+    return
   distill = terms["distill.terms"]
   if any(b.term.features for b in distill):
     if config.distill.cache:
@@ -147,4 +180,3 @@ def check(config) -> Checked:
   if config.batch_size % sharding.batch_size_per_step(sharding.make_mesh(config.mesh.to_dict())):
     raise InputError(f"batch_size {config.batch_size} is not a multiple of the "
                      f"{jax.device_count()} devices the batch is split over")
-  return Checked(data, loaded)

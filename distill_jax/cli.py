@@ -1,9 +1,6 @@
-"""The command-line shell and error policy of every command.
-
-``--config=configs/x.py[:arg] [--config.a.b=value ...]`` and ``--workdir=DIR``. Bad input (an
-``InputError``) is one ``FATAL:`` line, exit 2, before anything is written; any other exception
-is a bug and keeps its traceback (console and ``WORKDIR/log.txt``), exit 1. Exit 3: a
-non-finite loss; 143: stopped by SIGTERM after saving a checkpoint.
+"""The command-line shell and error policy of every command: ``--config=configs/x.py[:arg]
+[--config.a.b=value ...] --workdir=DIR``. Bad input is one ``FATAL:`` line, exit 2; a bug keeps
+its traceback, exit 1; 3: a non-finite loss; 143 / 130: SIGTERM / SIGINT, after saving.
 """
 import contextlib
 import fcntl
@@ -20,7 +17,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from distill_jax import distributed
+from distill_jax import distributed, manifest
 from distill_jax.errors import InputError
 from distill_jax.loop import Preempted
 
@@ -53,15 +50,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-class WorkdirBusy(InputError):
-  """Another run holds the workdir's lock."""
-
-
 def run(job: Callable[..., object], workdir_help: Optional[str] = None,
         check: Optional[Callable[[object], object]] = None, config: bool = True) -> None:
   """Run ``job(config, workdir, checked)`` (only the arguments this command has) under the
   error policy. ``check(config)`` runs first, before anything is written; a command with a
-  workdir holds its lock and logs to ``WORKDIR/log.txt``."""
+  workdir compares its run manifest, holds the workdir's lock and logs to ``log.txt``."""
   if config:
     config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
                                     lock_config=True)
@@ -69,6 +62,9 @@ def run(job: Callable[..., object], workdir_help: Optional[str] = None,
   if workdir_help:
     flags.DEFINE_string("workdir", None, workdir_help)
     flags.mark_flag_as_required("workdir")
+    flags.DEFINE_bool("fresh", False, "Move a previous run in --workdir aside and start over.")
+    flags.DEFINE_list("allow_changes", [], "Keys that may differ from the run in --workdir "
+                      f"(only {', '.join(manifest.HARMLESS)}, and code).")
 
   def main(argv):
     del argv
@@ -79,8 +75,13 @@ def run(job: Callable[..., object], workdir_help: Optional[str] = None,
         distributed.initialize(FLAGS.config)   # before anything touches a device
       args = [FLAGS.config] if config else []
       checked = check(FLAGS.config) if check else None
+      if workdir:
+        run_manifest = manifest.make(job.__name__, FLAGS.config, checked.data.identity)
+        manifest.compare(workdir, run_manifest, FLAGS.fresh, FLAGS.allow_changes)
       with (workdir_lock(workdir) if workdir else contextlib.nullcontext()):
         if workdir:
+          if jax.process_index() == 0:
+            manifest.claim(workdir, run_manifest, FLAGS.fresh)
           # The console shows progress and results; the full log (every partition match
           # included) goes to WORKDIR/log.txt.
           handler = logging.FileHandler(os.path.join(workdir, "log.txt"))
@@ -92,21 +93,30 @@ def run(job: Callable[..., object], workdir_help: Optional[str] = None,
         job(*args, *([checked] if check else []))
     except Preempted as e:
       print(str(e), file=sys.stderr)
-      sys.exit(143)
+      stop(e.exit_code)
     except FloatingPointError as e:
       logging.info("stopped", exc_info=True)      # traceback to the log file only
       print(f"FATAL: {e}", file=sys.stderr)
-      sys.exit(3)
+      stop(3)
     except InputError as e:
       logging.info("bad input", exc_info=True)
       print(f"FATAL: {e}", file=sys.stderr)
-      sys.exit(2)
+      stop(2)
     except Exception:                               # a bug: keep the whole traceback
       logging.info("unexpected error", exc_info=True)
       traceback.print_exc()
-      sys.exit(1)
+      stop(1)
 
   app.run(main, flags_parser=parse_flags)
+
+
+def stop(code: int) -> None:
+  """Exit now with ``code``: after an error, Orbax's background threads (a failed write) can
+  block the interpreter's shutdown forever, so the logs are flushed and the process ends."""
+  logging.shutdown()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 @contextlib.contextmanager
@@ -130,7 +140,7 @@ def workdir_lock(workdir: str) -> Iterator[None]:
     except BlockingIOError:
       f.seek(0)
       owner = f.read().strip() or "another process"
-      raise WorkdirBusy(f"workdir {workdir} is in use by another run ({owner}); wait for it to "
+      raise InputError(f"workdir {workdir} is in use by another run ({owner}); wait for it to "
                         "finish or use another --workdir") from None
     f.seek(0)
     f.truncate()

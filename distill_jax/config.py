@@ -1,6 +1,4 @@
-"""The one config schema: every key, its default and its meaning, for every task.
-
-Configs start from :func:`defaults`; a key means the same in every task. Terms are
+"""The one config schema: every key, its default and its meaning, for every task. Terms are
 ``(term, weight, options)``; plans are a ``name`` plus dotted overrides.
 """
 import copy
@@ -23,7 +21,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.task = "classification"         # a registered task (distill_jax/tasks)
   c.seed = 0
   c.data = dict(
-      source="digits",              # a registered data source: digits | npz | tfds | mnist1d | sentences
+      source="digits",              # a registered source: digits|npz|tfds|mnist1d|sentences
       name="",                      # tfds: the dataset's name, e.g. "mnist"
       path="",                      # npz: the .npz file; sentences: the training text
       eval_path="",                 # held-out file (sentences: an STS CSV or "tfds:glue/stsb")

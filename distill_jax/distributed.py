@@ -1,8 +1,6 @@
-"""Multi-host runs through JAX's multi-controller runtime.
-
-Every host runs the same command; ``jax.distributed.initialize`` joins them, the mesh spans all
-devices and each host feeds its own slice of every batch. ``distributed.auto=True`` on TPU pods,
-SLURM or Open MPI; else give ``coordinator_address``, ``num_processes`` and ``process_id``.
+"""Multi-host runs (JAX's multi-controller runtime): every host runs the same command and feeds
+its own slice of each batch. ``distributed.auto=True`` on TPU pods, SLURM or Open MPI; else
+``coordinator_address``, ``num_processes`` and ``process_id``.
 """
 import logging
 

@@ -1,9 +1,6 @@
-"""The error policy: an :class:`InputError` is the user's to fix; anything else is a bug.
-
-Every check of a config, a file, a rule or a shape raises an ``InputError`` (or a subclass)
-whose message names the offending key, path or shape; the command line prints it as one
-``FATAL:`` line and exits with status 2. Any other exception keeps its traceback, on the
-console and in ``WORKDIR/log.txt``: a programming error is never disguised as bad input.
+"""The error policy: an :class:`InputError` (bad config, file, rule or shape; its message names
+it) is the user's to fix and is printed as one ``FATAL:`` line; any other exception is a bug
+and keeps its traceback.
 """
 
 

@@ -3,8 +3,7 @@ r"""Score a model on a task's held-out data; the score is the last line printed.
   python -m distill_jax.evaluate --config=configs/minilm_l6_to_l3.py --model=minilm \
       --config.data.eval_path=../shared/data/stsbenchmark/sts-dev.csv
 
-``--model``: an export directory (``WORKDIR/<phase>/export``) or a pretrained model the task
-reads (``minilm``, a HF BERT folder). Nothing is downloaded.
+``--model``: an export directory or a pretrained model the task reads (``minilm``, a HF folder).
 """
 import time
 
@@ -24,8 +23,7 @@ def evaluate(config, model_spec: str) -> dict:
   task = TASKS.get(config.task)
   data = task.load(config)
   model, params = runner.load_model(task, model_spec, data, "--model")
-  metrics = task.evaluate(model, params, data, sharding.make_mesh(config.mesh.to_dict()),
-                          config)
+  metrics = task.evaluate(model, params, data, sharding.make_mesh(config.mesh.to_dict()), config)
   print(f"model {model_spec} ({model.name}), data {data.name}: "
         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         + f"; {time.perf_counter() - start:.1f} s on {jax.devices()[0].platform}; {task.metric}:")

@@ -1,14 +1,10 @@
-"""Feature terms made concrete: patterns resolved to feature paths, learned projections.
-
-A feature term's ``pairs`` are ``(teacher, student)`` regexes over captured feature paths
-(``Dense_0``, ``encoder/layer_2``), each matching exactly one; ``layer_pairs="prefix_{}"``
-pairs each student layer with the teacher layer it was initialised from. Projections (where a
-``project=True`` term's shapes differ) are training state, never exported.
+"""Feature terms made concrete: ``(teacher, student)`` patterns resolved to captured feature
+paths (``layer_pairs="prefix_{}"``: each student layer with the teacher layer it came from),
+and learned projections where a ``project=True`` term's shapes differ (never exported).
 """
 import dataclasses
 import logging
 import math
-import re
 from typing import Any, Optional, Sequence
 
 import jax
@@ -16,12 +12,13 @@ import jax.numpy as jnp
 
 from distill_jax.errors import InputError
 from distill_jax.losses import Bound
-from distill_jax.paths import flatten, unflatten
+from distill_jax.paths import compile_regex, flatten, unflatten
 
 
 def resolve(pattern: str, features: dict, role: str) -> str:
   """The one feature path that ``pattern`` fullmatches; an error lists the paths there are."""
-  hits = [name for name in features if re.fullmatch(pattern, name)]
+  compiled = compile_regex(pattern, f"feature pairs ({role})")
+  hits = [name for name in features if compiled.fullmatch(name)]
   if len(hits) != 1:
     listing = ", ".join(f"{k} {tuple(v.shape[1:])}" for k, v in features.items())
     what = "no" if not hits else f"{len(hits)} ({hits})"
@@ -115,8 +112,7 @@ def setup(terms: Sequence[Bound], teacher, teacher_params: Any, student, student
   return resolved, projections
 
 
-def reuse_head(teacher_params: Any, student_params: Any,
-               pairs: Sequence[tuple[str, str]]) -> Any:
+def reuse_head(teacher_params: Any, student_params: Any, pairs: Sequence[tuple[str, str]]) -> Any:
   """Copy teacher parameters under each ``(teacher prefix, student prefix)`` into the student
   where every leaf's shape fits; a prefix whose shapes differ is left as it is (and logged)."""
   t_flat, s_flat = flatten(teacher_params), dict(flatten(student_params))

@@ -29,3 +29,18 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, obj: Any) -> None:
   write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def move_aside(directory: str, keep: tuple = ()) -> str:
+  """Move every entry of ``directory`` but ``keep`` (and ``previous``) into
+  ``directory/previous/<time>/``, never deleting anything; returns where they went."""
+  import shutil
+  import time
+  target = os.path.join(directory, "previous", time.strftime("%Y%m%d-%H%M%S"))
+  while os.path.exists(target):
+    target += "_"
+  os.makedirs(target)
+  for name in os.listdir(directory):
+    if name not in tuple(keep) + ("previous",):
+      shutil.move(os.path.join(directory, name), os.path.join(target, name))
+  return target

@@ -1,8 +1,6 @@
-"""The training loop, the only Python loop over steps (everything inside a step is jitted).
-
-``fit`` resumes from the newest checkpoint, logs every ``log_every`` steps (which also keeps
-the host from running far ahead: queued multi-device CPU collectives can deadlock), checkpoints
-asynchronously, and builds the next batch while the device runs the current step.
+"""The training loop, the only Python loop over steps: resume, log every ``log_every`` steps
+(which also keeps the host from queueing steps that can deadlock multi-device CPU collectives),
+checkpoint asynchronously, build the next batch while the device runs the current step.
 """
 import json
 import os
@@ -33,8 +31,10 @@ class MetricsWriter:
   def write(self, record: dict) -> None:
     if jax.process_index() != 0:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    with open(self.path, "a+b") as f:
+      # One write per record; after a torn last line (a kill mid-write), start a new line.
+      torn = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"
+      f.write((("\n" if torn else "") + json.dumps(record) + "\n").encode())
     if self.tensorboard_dir:
       # TensorBoard's own event writer: no TensorFlow import (which takes seconds)
       from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -51,7 +51,12 @@ class MetricsWriter:
 
 
 class Preempted(Exception):
-  """SIGTERM arrived: a checkpoint of the current step was written; rerun to resume."""
+  """SIGTERM or SIGINT arrived: a checkpoint of the current step was written; rerun to resume.
+  ``exit_code``: 128 + the signal's number (143, 130), as a shell reports it."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
 
 
 @jax.jit
@@ -95,8 +100,9 @@ def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[
 
   stop = {}
   main_thread = threading.current_thread() is threading.main_thread()
-  previous = signal.signal(signal.SIGTERM, lambda sig, _: stop.update(sig=sig)) if main_thread \
-      else None
+  handled = (signal.SIGTERM, signal.SIGINT)     # preemption, Ctrl-C: both save, then stop
+  previous = {s: signal.signal(s, lambda sig, _: stop.update(sig=sig)) for s in handled} \
+      if main_thread else {}
   try:
     batch = sharding.shard_batch(batch_fn(start), mesh) if start < num_steps else None
     for step in range(start, num_steps):
@@ -126,11 +132,13 @@ def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[
         last_saved = done
       if stop:
         checkpointer.wait()
-        raise Preempted(f"{phase}: SIGTERM received; saved a checkpoint at step {done} in "
-                        f"{checkpointer.directory}. Rerun the same command to resume.")
+        raise Preempted(f"{phase}: {signal.Signals(stop['sig']).name} received; saved a "
+                        f"checkpoint at step {done} in {checkpointer.directory}. Rerun the "
+                        "same command to resume.", stop["sig"])
   finally:
     if main_thread:
-      signal.signal(signal.SIGTERM, previous)
+      for s, handler in previous.items():
+        signal.signal(s, handler)
     bar.close()
   checkpointer.wait()
   return state

@@ -1,11 +1,7 @@
-"""Loss terms: small pure functions, each stating its math, registered by name.
-
-A config lists a phase's terms as ``(name, weight, options)``; the step sums ``weight * term``.
-Output terms are ``fn(student, teacher, batch, **options)`` over the models' named outputs
-(``teacher`` is None for terms that do not read it); feature terms are
-``fn(teacher_feature, student_feature[, mask], **options)``, applied per pair of named features
-in their ``pairs`` option (``project=True``: a learned projection where shapes differ). Add a
-term with ``@term("name", reads=(...))``; docs/features.md lists them.
+"""Loss terms: small pure functions, each stating its math, registered by name; a phase sums
+``weight * term`` over its ``(name, weight, options)``. Output terms are
+``fn(student, teacher, batch, **options)`` over named outputs; feature terms are
+``fn(teacher_feature, student_feature[, mask], **options)`` per pair in ``pairs``.
 """
 import dataclasses
 import inspect
@@ -88,9 +84,12 @@ def bind(specs: Sequence, what: str) -> list[Bound]:
     if unknown:
       raise InputError(f"{where}: term {name!r} has no option(s) {unknown}; it takes "
                        f"{sorted(accepted)}")
-    for key in ("temperature", "beta", "heads"):
-      if key in options and not (isinstance(options[key], (int, float)) and options[key] > 0):
-        raise InputError(f"{where}: {name!r} option {key}={options[key]!r} must be > 0")
+    for key, low in (("temperature", 0), ("beta", 0), ("heads", 0), ("alpha", None)):
+      v = options.get(key, 1)
+      if not (isinstance(v, (int, float)) and math.isfinite(v) and (v > low if low is not None
+                                                                    else v >= 0)):
+        raise InputError(f"{where}: {name!r} option {key}={v!r} must be "
+                         f"{'> 0' if low is not None else '>= 0'}")
     bound.append(Bound(name, float(weight), t, options, pairs, template))
   return bound
 

@@ -1,8 +1,6 @@
 r"""Run any task: teacher, optional baseline, student (init, distillation), summary, exports.
 
   python -m distill_jax.main --config=configs/digits_mlp10_to3.py --workdir=runs/digits
-
-Rerunning the same command resumes every phase from its newest checkpoint.
 """
 import os
 import time
@@ -37,7 +35,7 @@ def run_job(config, workdir: str, checked: Optional[Checked] = None) -> dict:
                       metric=run.task.metric)
   print(format_summary(summary))
   print(f"wall time {summary['wall_seconds']:.0f} s on {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s); summary in {os.path.join(workdir, 'summary.json')}")
+        f"{jax.devices()[0].platform} device(s); summary in {workdir}/summary.json")
   return summary
 
 

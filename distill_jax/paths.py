@@ -1,13 +1,21 @@
-"""One path language: a pytree leaf is named by its keys joined with "/".
-
-Parameters, partition rules, sharding rules and feature captures all address leaves by these
-names (e.g. ``Dense_3/kernel``), so one pair of helpers serves every rule engine.
+"""One path language: a pytree leaf is named by its keys joined with "/" (``Dense_3/kernel``),
+for parameters, rules, sharding and features alike.
 """
+import re
 from typing import Any, Mapping
 
 from flax import traverse_util
 
 SEP = "/"
+
+
+def compile_regex(pattern: str, what: str) -> re.Pattern:
+  """``re.compile``, with a bad pattern as an error naming it and where it came from."""
+  try:
+    return re.compile(pattern)
+  except (re.error, TypeError) as e:
+    from distill_jax.errors import InputError
+    raise InputError(f"{what}: {pattern!r} is not a valid regex ({e})") from None
 
 
 def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,5 @@
-"""Evaluate and adjust: score plans, each once, cached by what defines its result.
-
-A plan is a name plus dotted config overrides. :func:`run_plans` scores them in order, keeps
-each result in ``<dir>/<name>/result.json`` under a key (a hash of what defines it) and reuses
-it while the key holds. Search, the label-free init choice, compared inits and sweeps use it.
+"""Evaluate and adjust: plans (a name plus dotted overrides) scored once each, the result kept
+in ``<dir>/<name>/result.json`` under a key of what defines it and reused while the key holds.
 """
 import hashlib
 import json
@@ -12,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from distill_jax.config import plan_overrides
 from distill_jax.errors import InputError
-from distill_jax.files import write_json
+from distill_jax.files import move_aside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +47,12 @@ def run_plans(plans: Sequence[dict], score: Callable[[dict, str], dict], directo
     if cached is not None and cached["key"] == k:
       result = cached["result"]
     else:
-      if cached is not None:
-        log.info("%s %s: its inputs changed since it was scored; scoring it again", what,
-                 p["name"])
+      # A plan started (or scored) under another key: its checkpoints are of other inputs.
+      started = read_result(os.path.join(where, "key.json"))
+      if started is not None and started["key"] != k:
+        log.warning("%s %s changed since it was started; moved the old run to %s", what,
+                    p["name"], move_aside(where))
+      write_json(os.path.join(where, "key.json"), {"key": k})
       result = score(p, where)
       write_json(path, {"key": k, "result": result})
     entries.append({"plan": p, **result})

@@ -1,5 +1,6 @@
 """PNG plots of a run from its files (matplotlib, no display needed)."""
 import json
+import logging
 import os
 
 from distill_jax.files import atomic
@@ -7,14 +8,20 @@ from distill_jax.files import atomic
 
 def read_metrics(path: str) -> dict:
   """``{(phase, split): [(step, record), ...]}`` from metrics.jsonl, by step; when a resumed run
-  recomputed steps, the last record of a step wins."""
+  recomputed steps, the last record of a step wins. A line a kill tore is skipped (logged)."""
   series: dict = {}
   if not os.path.exists(path):
     return series
   with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      series.setdefault((record["phase"], record["split"]), {})[record["step"]] = record
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        series.setdefault((record["phase"], record["split"]), {})[record["step"]] = record
+      except (ValueError, KeyError, TypeError):
+        logging.warning("%s:%d is not a whole record (a write was interrupted?): skipped",
+                        path, number)
   return {key: sorted(by_step.items()) for key, by_step in series.items()}
 
 
@@ -54,7 +61,8 @@ def plot_curves(metrics_path: str, out_path: str, metric: str = "accuracy") -> N
         values = smooth(values, 10)
       ax.plot(steps, values, color=color, label=label, **style)
   ax_loss.set(yscale="log", xlabel="training step", ylabel="loss (log scale)")
-  ax_acc.set(xlabel="training step", ylabel=metric, ylim=(0, 1.02) if metric == "accuracy" else None)
+  ax_acc.set(xlabel="training step", ylabel=metric, ylim=(0, 1.02) if metric == "accuracy"
+             else None)
   legend = {}
   for ax in (ax_loss, ax_acc):   # a series may be in one panel only
     ax.grid(alpha=0.3)

@@ -1,8 +1,6 @@
-"""The one runner: a training phase for any task, and the phases of the job.
-
-:func:`train_phase` is the only place that wires a phase (rng by phase, optimizer, feature
-projections, shardings, teacher cache, jit, batches by (seed, step), checkpoints, ``fit``);
-the main job, search, sweep, benchmarks and tests all train through it.
+"""The one runner: :func:`train_phase` is the only place that wires a phase (rng, optimizer,
+projections, shardings, teacher cache, jit, batches, checkpoints, ``fit``), and the phases of
+the job use it; so do search, sweep, the benchmarks and the tests.
 """
 import copy
 import dataclasses
@@ -137,7 +135,7 @@ def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, reci
 
   def build():
     out = train.predict(teacher, teacher_params, run.data.train, run.mesh,
-                        config.eval_batch_size, run.data.prepare)
+                        config.eval_batch_size, run.data.prepare, names)
     return teacher_cache.compute({k: out[k] for k in names}, config.distill.cache,
                                  config.distill.cache_topk)
   return teacher_cache.load_or_build(
@@ -147,7 +145,7 @@ def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, reci
 
 # --- models: build, load, export ---------------------------------------------------------------
 
-def load_model(task: Task, spec: str, data: TaskData, what: str = "teacher.load") -> tuple[Any, Any]:
+def load_model(task: Task, spec: str, data: TaskData, what: str = "teacher.load") -> tuple:
   """``(model, params)`` of an export directory, or of a pretrained model the task knows."""
   if os.path.isfile(os.path.join(spec, MODEL_FILE)):
     meta = read_export_meta(spec)
@@ -243,12 +241,15 @@ def choose_init(run: Run, student, teacher, teacher_params: Any,
     return run, {}
   if choose.by != "agreement":
     raise InputError(f"student.init.choose.by={choose.by!r}: use '' or 'agreement'")
+  rows = {k: v[:choose.num_examples] for k, v in run.data.train.items()}
+  name = run.task.agreement_output
+  outputs = lambda m, p: train.predict(m, p, rows, run.mesh, run.config.eval_batch_size,
+                                       run.data.prepare, (name,))[name]
+  reference = outputs(teacher, teacher_params)          # the teacher's, once for every plan
   entries = score_inits(
       run, list(choose.plans) or layer_plans(run, student, teacher_params),
       "student.init.choose", student, teacher, teacher_params, teacher_id,
-      lambda params, _: {"agreement": run.task.agreement(
-          student, params, teacher, teacher_params, run.data, run.mesh, run.config,
-          choose.num_examples)})
+      lambda params, _: {"agreement": run.task.agreement(outputs(student, params), reference)})
   best = max(entries, key=lambda e: e["agreement"])
   print(f"student init chosen by agreement with the teacher on {choose.num_examples} training "
         f"examples: {best['plan']['name']} ({best['agreement']:.4f}; {len(entries)} plans)")

@@ -2,11 +2,8 @@ r"""Evaluate and adjust: try student plans, keep the best, distil it fully.
 
   python -m distill_jax.search --config=configs/digits_search.py --workdir=DIR
 
-``search.plans`` are tried in order on a validation split carved from the training data, each
-distilled for ``search.steps`` per seed in ``search.seeds``; the first reaching
-``search.target`` (or the best) is distilled for ``student.steps``, scored on the test split and
-exported (``DIR/final``). Writes ``leaderboard.json`` and ``search.png``; plan results are
-reused while their key holds (docs/partition.md).
+Plans are scored on a validation split carved from the training data; the first reaching
+``search.target`` (or the best) is distilled, tested and exported (docs/partition.md).
 """
 import dataclasses
 import os
@@ -122,5 +119,4 @@ def plot_leaderboard(board: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(search, "Directory for the teacher, every plan's runs and the leaderboard.",
-          check=check)
+  cli.run(search, "Directory for the teacher, every plan's runs and the leaderboard.", check=check)

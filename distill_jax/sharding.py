@@ -1,9 +1,6 @@
-"""Device meshes and placement by big_vision-style ``(regex, PartitionSpec)`` rules.
-
-The mesh has a ``data`` axis and optionally ``fsdp``/``model``; batches split over ``data`` and
-``fsdp``. Rules match "/"-joined paths of any pytree (``params/Dense_0/kernel``,
-``opt_state/0/mu/...``), first fullmatch wins; an unclaimed path, or a spec that does not divide
-a shape, is an error naming the path, shape and axis.
+"""Device meshes and placement by big_vision-style ``(regex, PartitionSpec)`` rules over
+"/"-joined paths of any pytree, first fullmatch wins; an unclaimed path, or a spec that does
+not divide a shape, is an error naming the path, shape and axis.
 """
 from typing import Any, Optional, Sequence
 

@@ -2,10 +2,8 @@ r"""Seeds x variants: the main job once per (variant, seed), and a table of mean
 
   python -m distill_jax.sweep --config=configs/mnist1d.py --workdir=runs/mnist1d
 
-``sweep.variants`` are plans; per seed the teacher is trained once (by the first variant,
-then loaded from its export) and each student recipe's baseline once. Runs live in
-``WORKDIR/<variant>/seed_<s>/`` (reused while their key holds, resumed when interrupted);
-the table goes to ``WORKDIR/table.json`` and the console.
+Per seed the teacher trains once (the first variant; the others load its export), and each
+student recipe's baseline once; runs are reused while their key holds.
 """
 import os
 import time
@@ -47,8 +45,7 @@ def sweep(config, workdir: str, checked: Optional[Checked] = None) -> dict:
           c.teacher.load = teachers[teacher_key]
       summary = plans.run_plans(
           [{"name": f"seed_{seed}"}], lambda p, directory, c=c: run_job(c, directory),
-          os.path.join(workdir, variant["name"]), lambda p, c=c: plans.key_of(c),
-          what="sweep")[0]
+          os.path.join(workdir, variant["name"]), lambda p, c=c: plans.key_of(c), what="sweep")[0]
       teachers.setdefault(teacher_key, c.teacher.load or os.path.join(
           workdir, variant["name"], f"seed_{seed}", "teacher", "export"))
       metric = summary["metric"]

@@ -1,10 +1,6 @@
-"""Teacher outputs computed once and reused by every epoch of distillation.
-
-Without augmentation the teacher's output on an example never changes, so its forward pass can
-be paid once: all the outputs the terms read, or the top-k logits and their classes (the
-student then matches the teacher renormalised over them). The cache in
-``WORKDIR/teacher_cache/`` is keyed by a hash of the teacher's weights, the training data and
-the settings; a stale cache is rebuilt, never used.
+"""Teacher outputs computed once and reused by every epoch (without augmentation they never
+change): all the outputs the terms read, or the top-k logits and their classes. Keyed by the
+teacher's weights, the data and the settings; a stale cache is rebuilt, never used.
 """
 import json
 import logging
@@ -15,6 +11,7 @@ import jax
 import numpy as np
 
 from distill_jax.errors import InputError
+from distill_jax.files import atomic, write_json
 from distill_jax.paths import fingerprint
 
 log = logging.getLogger(__name__)
@@ -59,9 +56,7 @@ def load_or_build(directory: str, key: str, build: Callable[[], dict]) -> dict[s
   arrays = build()
   if jax.process_index() == 0:
     os.makedirs(directory, exist_ok=True)
-    tmp = data_path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, data_path)           # the key is written last: a torn write is just stale
-    with open(key_path, "w") as f:
-      json.dump({"key": key}, f)
+    with atomic(data_path) as tmp:
+      np.savez(tmp, **arrays)
+    write_json(key_path, {"key": key})   # written last: a kill in between leaves it stale
   return arrays

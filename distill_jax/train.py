@@ -1,9 +1,9 @@
-"""The functional core: train state, the one pure train step, and prediction.
-
-``train_step(state, batch, teacher_params) -> (state, metrics)`` is pure; :func:`jit_train_step`
-compiles it with explicit shardings (batch split over the data axes, state by rules, XLA adds
-the all-reduce). The loss is a mean over the global batch: 8 devices compute what 1 does.
+"""The functional core: train state, the one pure train step
+``train_step(state, batch, teacher_params) -> (state, metrics)``, jitted with explicit
+shardings, and prediction. The loss is a mean over the global batch: 8 devices compute what 1
+does.
 """
+import functools
 import re
 from typing import Any, Optional, Sequence
 
@@ -196,20 +196,27 @@ def jit_train_step(train_step, mesh: Mesh, state_shardings: Any, teacher_shardin
                  out_shardings=(state_shardings, repl), donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=32)
+def _forward(model, outputs: tuple, mesh: Mesh):
+  """One jitted forward per (model, outputs, mesh): repeated predictions reuse compilations."""
+  return jax.jit(lambda p, b: {k: model.apply(p, b)[0][k] for k in outputs},
+                 out_shardings=sharding.replicated(mesh))
+
+
 def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
-            prepare=lambda batch: batch) -> dict:
-  """The model's outputs for every example of ``arrays`` (numpy, in order), computed in
+            prepare=lambda batch: batch, outputs: Sequence[str] = ("logits",)) -> dict:
+  """The model's ``outputs`` for every example of ``arrays`` (numpy, in order), computed in
   sharded, padded batches; every process passes the same arrays and gets all outputs back.
   ``prepare`` maps each batch before the model sees it (e.g. cutting padding columns)."""
-  forward = jax.jit(lambda p, b: model.apply(p, b)[0], out_shardings=sharding.replicated(mesh))
+  forward = _forward(model, tuple(outputs), mesh)
   ways = sharding.batch_size_per_step(mesh)
   n = len(next(iter(arrays.values())))
   size = -(-batch_size // ways) * ways
-  outputs: dict = {}
+  parts: dict = {k: [] for k in outputs}
   for start in range(0, n, size):
     idx = np.minimum(np.arange(start, start + size), n - 1)   # the last batch repeats a row
     batch = prepare({k: v[idx] for k, v in arrays.items()})
     out = forward(params, sharding.shard_batch(sharding.process_batch(batch), mesh))
     for k, v in jax.device_get(out).items():
-      outputs.setdefault(k, []).append(np.asarray(v)[:min(size, n - start)])
-  return {k: np.concatenate(v) for k, v in outputs.items()}
+      parts[k].append(np.asarray(v)[:min(size, n - start)])
+  return {k: np.concatenate(v) for k, v in parts.items()}

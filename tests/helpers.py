@@ -12,6 +12,9 @@ from distill_jax.data import Dataset
 from distill_jax.tasks.classification import as_task_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The smoke digits job the CLI tests run (30 teacher, baseline and student steps).
+SMOKE_ARGS = ("--config=configs/digits_mlp10_to3.py:smoke", "--config.teacher.steps=30",
+              "--config.student.steps=30", "--config.log_every=5", "--config.checkpoint_every=10")
 
 
 def build(num_classes=10, **model_config):

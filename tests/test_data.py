@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from distill_jax import data as data_lib
-from distill_jax.data.sources import DatasetUnavailableError
+from distill_jax.errors import MissingInput
 
 
 def _config(**kw):
@@ -80,7 +80,7 @@ def test_labels_out_of_range_are_rejected(tmp_path):
 @pytest.mark.parametrize("download", [False, True])
 def test_offline_tfds_request_fails_fast_naming_dataset_and_data_dir(tmp_path, download):
   start = time.time()
-  with pytest.raises(DatasetUnavailableError) as err:
+  with pytest.raises(MissingInput) as err:
     data_lib.load(_config(source="tfds", name="mnist", data_dir=str(tmp_path), download=download))
   assert time.time() - start < 30
   assert "'mnist'" in str(err.value) and str(tmp_path) in str(err.value)

@@ -22,7 +22,7 @@ LAYERS = {
         "plots"),
     3: ("train", "loop"),
     4: ("tasks",),
-    5: ("runner", "plans"),
+    5: ("runner", "plans", "manifest"),
     6: ("checks",),
     7: ("main", "search", "sweep", "evaluate", "report", "cli"),
 }

@@ -15,11 +15,7 @@ import pytest
 from distill_jax import cli, losses, sharding, train
 from distill_jax.checkpoint import Checkpointer, load_export_params
 from distill_jax.loop import fit
-from tests.helpers import ROOT, command, fixed_batch, mlp, state_for
-
-ARGS = ["--config=configs/digits_mlp10_to3.py:smoke", "--config.baseline.enabled=False",
-        "--config.teacher.steps=30", "--config.student.steps=30", "--config.log_every=5",
-        "--config.checkpoint_every=10"]
+from tests.helpers import ROOT, SMOKE_ARGS as ARGS, command, fixed_batch, mlp, state_for
 
 
 def _cmd(workdir, *extra):
@@ -44,11 +40,8 @@ def _assert_same_result(workdir, reference):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  out = _run(workdir)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir
+def reference(smoke_run):
+  return smoke_run[0]
 
 
 def _kill_when(workdir, condition, sig=signal.SIGKILL, timeout=300):
@@ -109,13 +102,15 @@ def test_sigkill_anywhere_then_rerun_ends_like_an_uninterrupted_run(tmp_path, re
   _assert_same_result(workdir, reference)
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, reference):
-  proc, _, err = _kill_when(tmp_path, lambda w: _metrics_lines(w, "student") >= 1,
-                            sig=signal.SIGTERM)
-  assert proc.returncode == 143, err[-2000:]
-  assert "SIGTERM received; saved a checkpoint at step" in err and "Traceback" not in err
-  step = int(err.split("checkpoint at step ")[1].split()[0])
-  assert Checkpointer(str(tmp_path / "student" / "checkpoints")).latest_step() == step
+def test_sigint_and_sigterm_save_the_current_step_and_exit_cleanly(tmp_path, reference):
+  """Ctrl-C mid-teacher, then (rerun) a preemption mid-student: each saves the step it was at
+  and exits with 128 + the signal; the last rerun ends as the uninterrupted run."""
+  for sig, phase in ((signal.SIGINT, "teacher"), (signal.SIGTERM, "student")):
+    proc, _, err = _kill_when(tmp_path, lambda w, p=phase: _metrics_lines(w, p) >= 1, sig=sig)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert f"{sig.name} received; saved a checkpoint at step" in err and "Traceback" not in err
+    step = int(err.split("checkpoint at step ")[1].split()[0])
+    assert Checkpointer(str(tmp_path / phase / "checkpoints")).latest_step() == step
   out = _run(tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   _assert_same_result(tmp_path, reference)
@@ -159,14 +154,20 @@ def test_damaged_checkpoints_are_set_aside_and_older_ones_used(tmp_path, referen
 
 
 def test_restoring_into_a_model_of_another_shape_names_paths_and_shapes(tmp_path, reference):
+  # On the command line the run manifest refuses the changed config first ...
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   out = _run(workdir, "--config.student.model.hidden=(128,128)",
              "--config.student.init.strategy=width")
   assert out.returncode == 2
-  assert ("does not fit the model: Dense_0/bias: saved (256,) vs model (128,)"
-          in out.stderr)
-  assert not (workdir / "student" / "checkpoints" / "damaged").exists()
+  assert "student.model.hidden: [256, 256] -> [128, 128]" in out.stderr
+  # ... and a checkpoint restored into a model of other shapes is an error naming them, with
+  # nothing moved aside as damaged.
+  directory = workdir / "student" / "checkpoints"
+  with pytest.raises(ValueError, match=r"does not fit the model: Dense_0/bias: saved \(256,\) vs "
+                                       r"model \(128,\)"):
+    Checkpointer(str(directory)).restore(state_for(mlp((128, 128))))
+  assert not (directory / "damaged").exists()
 
 
 def test_a_nonfinite_loss_stops_at_its_step_and_writes_no_bad_checkpoint(tmp_path):

@@ -1,15 +1,13 @@
 """The CLI end to end on the smoke config: summary, resume, config errors."""
 import json
+import shutil
 
 import pytest
 
-from tests.helpers import command
-
-CONFIG = "--config=configs/digits_mlp10_to3.py:smoke"
-
+from tests.helpers import SMOKE_ARGS, command
 
 def _main(*args):
-  return command("main", CONFIG, *args)
+  return command("main", *SMOKE_ARGS, *args)
 
 
 def _train_lines(workdir):
@@ -18,11 +16,8 @@ def _train_lines(workdir):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("run")
-  out = _main(f"--workdir={workdir}")
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir, out
+def finished_run(smoke_run):
+  return smoke_run
 
 
 def test_main_writes_the_summary_with_the_promised_keys(finished_run):
@@ -46,8 +41,9 @@ def test_main_writes_the_summary_with_the_promised_keys(finished_run):
   assert phases == {"teacher", "baseline", "student"}
 
 
-def test_rerunning_the_same_command_resumes_instead_of_retraining(finished_run):
-  workdir, _ = finished_run
+def test_rerunning_the_same_command_resumes_instead_of_retraining(finished_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(finished_run[0], workdir)
   before = _train_lines(workdir)
   out = _main(f"--workdir={workdir}")
   assert out.returncode == 0, out.stderr[-3000:]

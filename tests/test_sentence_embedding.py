@@ -98,6 +98,30 @@ def test_bert_layers_recombine_with_the_generic_engine(tmp_path):
   assert report["reused_params"] == report["student_params"] and len(report["teacher_layers"]) == 2
 
 
+def test_the_init_is_chosen_among_every_layer_choice_by_agreement_without_labels(tmp_path):
+  teacher, tp, student, _ = _models()
+  run = _run(tmp_path, _batch(8))
+  run.config.student.init.choose.by = "agreement"
+  run.config.student.init.choose.num_examples = 8
+  chosen, choice = runner.choose_init(run, student, teacher, tp, "teacher-id")
+  # 2 of the teacher's 4 layers: 6 plans, each scored by mean cosine with the teacher
+  assert sorted(choice["agreement"]) == ["layers_0,1", "layers_0,2", "layers_0,3", "layers_1,2",
+                                         "layers_1,3", "layers_2,3"]
+  best = max(choice["agreement"], key=choice["agreement"].get)
+  assert choice["chosen"] == best
+  assert tuple(chosen.config.student.init.select.layers) == tuple(
+      int(i) for i in best[len("layers_"):].split(","))
+  # the score is the mean cosine of the two models' normalised pooled outputs, recomputed here
+  params, _ = runner.init_student(chosen, student, teacher, tp)
+  rows = run.data.rows(slice(0, 8))
+  pooled = lambda m, p: m.apply(p, rows)[0]["pooled"]
+  unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+  again = np.mean(np.sum(unit(pooled(student, params)) * unit(pooled(teacher, tp)), -1))
+  assert again == pytest.approx(choice["agreement"][best], rel=1e-5)
+  # a rerun reads every score back instead of recomputing it
+  assert runner.choose_init(run, student, teacher, tp, "teacher-id")[1] == choice
+
+
 def test_the_pooled_cache_matches_the_teacher_and_is_rebuilt_when_stale(tmp_path):
   teacher, tp, _, _ = _models()
   bound = losses.bind((("embedding_mse", 1.0, {}),), "terms")

@@ -1,9 +1,5 @@
-"""Deterministic batching: the batch at a step depends only on (seed, step).
-
-That is what makes resuming exact: a restarted run asks for the indices of ``(seed, step)``
-at its restored step and gets the very batch the uninterrupted run would have seen. Each epoch
-is a fresh seeded permutation; the last incomplete batch of an epoch is dropped so that every
-batch has the same shape (one compiled step).
+"""Deterministic batching: the batch at a step depends only on (seed, step), which makes
+resuming exact. Each epoch is a seeded permutation; its last incomplete batch is dropped.
 """
 import functools
 

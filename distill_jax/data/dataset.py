@@ -24,6 +24,9 @@ class Dataset:
       if y.ndim != 1 or len(y) != len(x):
         raise InputError(f"dataset {self.name!r}: {split} labels have shape {y.shape}, "
                          f"expected ({len(x)},) to match x of shape {x.shape}")
+      if not np.isfinite(x).all():
+        raise InputError(f"dataset {self.name!r}: {split} inputs hold "
+                         f"{np.size(x) - np.isfinite(x).sum()} non-finite values (NaN or inf)")
       if y.min() < 0 or y.max() >= self.num_classes:
         raise InputError(f"dataset {self.name!r}: {split} labels range over "
                          f"[{y.min()}, {y.max()}], outside [0, {self.num_classes - 1}]")
@@ -37,7 +40,7 @@ class Dataset:
 
 
 def seeded_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
-  """Stratification-free seeded split: the same (x, y, fraction, seed) always gives the same split."""
+  """A seeded (not stratified) split: the same (x, y, fraction, seed), the same split."""
   if not 0.0 < test_fraction < 1.0:
     raise InputError(f"test_fraction must be in (0, 1), got {test_fraction}")
   order = np.random.default_rng(seed).permutation(len(x))

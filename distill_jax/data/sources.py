@@ -1,9 +1,8 @@
-"""Data sources, registered by name; ``config.data.source`` picks one.
-
-Each source is ``fn(data_config) -> Dataset`` and reads nothing from the network unless the
-config explicitly allows a TFDS download.
+"""Data sources, registered by name (``data.source``); none reads the network unless the config
+allows a TFDS download.
 """
 import os
+import zipfile
 
 import numpy as np
 
@@ -42,12 +41,18 @@ def npz(data_config) -> Dataset:
   path = data_config.path
   if not path or not os.path.isfile(path):
     raise MissingInput(f"data.path: npz file {path!r} does not exist")
-  with np.load(path, allow_pickle=False) as f:
-    missing = [k for k in ("x", "y") if k not in f.files]
-    if missing:
-      raise InputError(f"npz file {path!r} lacks array(s) {missing}; it has {f.files}. "
-                       "Expected 'x' of shape (N, ...) and 'y' of shape (N,) with int labels")
-    x, y = f["x"], f["y"]
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in ("x", "y") if k not in f.files]
+      if missing:
+        raise InputError(f"npz file {path!r} lacks array(s) {missing}; it has {f.files}. "
+                         "Expected 'x' of shape (N, ...) and 'y' of shape (N,) with int labels")
+      x, y = f["x"], f["y"]
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    if isinstance(e, InputError):
+      raise
+    raise InputError(f"npz file {path!r} cannot be read ({type(e).__name__}: {e}); is it "
+                     "truncated, or not an .npz?") from None
   if y.ndim != 1 or len(y) != len(x):
     raise InputError(f"npz file {path!r}: 'y' has shape {y.shape}, expected ({len(x)},) "
                      f"to match 'x' of shape {x.shape}")
@@ -61,10 +66,6 @@ def npz(data_config) -> Dataset:
                                                        data_config.split_seed), num_classes)
 
 
-class DatasetUnavailableError(MissingInput):
-  """A TFDS dataset is not prepared in data_dir and downloading was not allowed (or failed)."""
-
-
 def online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
   """Whether TFDS's download mirror answers; offline, tfds would retry for minutes."""
   import socket
@@ -75,33 +76,30 @@ def online(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
     return False
 
 
-def tfds_builder(name: str, data_dir, may_download: bool, how_to_point: str):
-  """A TFDS builder whose data is prepared in ``data_dir``, without retrying a dead network.
-
-  Unprepared: downloaded only when ``may_download`` (and the mirror answers); otherwise a
-  DatasetUnavailableError says how to prepare it elsewhere, then ``how_to_point`` (how the
-  caller is told where the prepared data lives).
-  """
+def tfds_builder(name: str, data_dir, may_download: bool):
+  """A TFDS builder whose data is prepared in ``data_dir``; unprepared, it is downloaded only
+  when ``may_download`` and the mirror answers (a dead network is not retried for minutes)."""
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # unknown names raise DatasetNotFoundError with a long listing
-    raise DatasetUnavailableError(f"TFDS dataset {name!r} is not known to tensorflow-datasets "
+    raise MissingInput(f"TFDS dataset {name!r} is not known to tensorflow-datasets "
                                   f"({type(e).__name__})") from None
   if builder.is_prepared():
     return builder
   where = f"data_dir {data_dir or tfds.core.constants.DATA_DIR!r} (looked in {builder.data_dir})"
   if not may_download:
-    raise DatasetUnavailableError(
+    raise MissingInput(
         f"TFDS dataset {name!r} is not prepared in {where} and nothing is downloaded. Prepare "
-        f"it where there is network (`tfds build {name} --data_dir=DIR`), then {how_to_point}")
+        f"it where there is network (`tfds build {name} --data_dir=DIR`), then set "
+        "data.data_dir=DIR (or data.download=True on a machine with network)")
   if not online():
-    raise DatasetUnavailableError(f"TFDS dataset {name!r} is not prepared in {where} and this "
+    raise MissingInput(f"TFDS dataset {name!r} is not prepared in {where} and this "
                                   "machine is offline, so it cannot be downloaded")
   try:
     builder.download_and_prepare()
   except Exception as e:
-    raise DatasetUnavailableError(f"TFDS dataset {name!r} could not be downloaded into "
+    raise MissingInput(f"TFDS dataset {name!r} could not be downloaded into "
                                   f"data_dir {builder.data_dir!r}: {e}") from None
   return builder
 
@@ -113,12 +111,10 @@ def tfds_source(data_config) -> Dataset:
   dataset missing from ``data_dir`` fails at once instead)."""
   import tensorflow_datasets as tfds
   name = data_config.name
-  builder = tfds_builder(name, data_config.data_dir or None, data_config.get("download", False),
-                         "point data.data_dir at DIR, or set data.download=True "
-                         "(data.download=False now).")
+  builder = tfds_builder(name, data_config.data_dir or None, data_config.download)
   keys = builder.info.supervised_keys
   if not keys:
-    raise DatasetUnavailableError(f"TFDS dataset {name!r} has no supervised (input, label) keys")
+    raise MissingInput(f"TFDS dataset {name!r} has no supervised (input, label) keys")
   arrays = {}
   for split in ("train", "test"):
     data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))

@@ -1,8 +1,6 @@
-"""A BERT encoder in Flax linen that reproduces HuggingFace ``BertModel`` numerics.
-
-Post-LayerNorm blocks, exact (erf) GELU, word + position + token-type embeddings, padding
-masked by the dtype's most negative value (as HF). Blocks are ``encoder/layer_{i}`` so depth
-rules address them; parameter paths are listed in docs/minilm.md. HF weights: ``text/weights.py``.
+"""A BERT encoder in Flax linen that reproduces HuggingFace ``BertModel`` numerics (post-
+LayerNorm, exact GELU, HF's padding mask); blocks are ``encoder/layer_{i}`` so depth rules
+address them. HF weights: ``text/weights.py``.
 """
 import dataclasses
 import math

@@ -1,13 +1,12 @@
-"""Partition rules: ``rule(paths, leaves) -> {path: claim}`` for the paths a rule claims.
-
-A claim is ``(group, key)``: the key is layer-relative (``Dense_*/kernel``) so layers can be
-matched across groups; a stacked (scanned) array gets one claim per slice. Config form:
-``(kind, *args[, kwargs])``, ``kind`` a registered rule name.
+"""Partition rules: ``rule(paths, leaves) -> {path: (group, key)}`` for the paths a rule claims
+(keys layer-relative, ``Dense_*/kernel``; a stacked array, one claim per slice). Config form:
+``(kind, *args[, kwargs])``.
 """
 import re
 from typing import Any, Callable, Optional, Sequence, Union
 
 from distill_jax.errors import InputError
+from distill_jax.paths import compile_regex
 from distill_jax.registry import Registry
 
 Claim = tuple[str, str]                       # (group, layer-relative key)
@@ -39,7 +38,7 @@ def make_rule(spec) -> RuleFn:
 @register("regex")
 def regex(pattern: str, group: str) -> RuleFn:
   """Paths that ``re.fullmatch(pattern)`` go to ``group`` (which may use ``\\1`` backrefs)."""
-  compiled = re.compile(pattern)
+  compiled = compile_regex(pattern, "regex rule")
 
   def rule(paths, leaves):
     claims = {}
@@ -79,10 +78,10 @@ def depth(pattern: Optional[str] = None, *, stacked: Optional[str] = None,
   (``Dense_*/kernel``) with one layer per group, full paths otherwise."""
   if pattern is None and stacked is None:
     raise InputError("depth rule needs a layer pattern or a stacked pattern")
-  layer = re.compile(rf"(?:^|(?<=/)){pattern}(?=/|$)") if pattern else None
+  layer = compile_regex(rf"(?:^|(?<=/)){pattern}(?=/|$)", "depth rule") if pattern else None
   if layer is not None and layer.groups < 1:
     raise InputError(f"depth pattern {pattern!r} needs a capturing group for the layer index")
-  scanned = re.compile(stacked) if stacked else None
+  scanned = compile_regex(stacked, "depth rule (stacked)") if stacked else None
   # One layer per group: keys are layer-relative ("Dense_*/kernel") so layers can be matched
   # across groups; several layers per group keep their full paths as keys.
   per_layer = not (ranges or block or stride)
@@ -123,7 +122,7 @@ def role(pattern: str = r"(?:Dense|Conv)_(\d+)", *, stem: int = 1, head: int = 1
   """Input stem / body / output head: the first ``stem`` layers (in model order) are
   ``stem``, the last ``head`` are ``head``, the rest ``body``. Paths outside any layer are
   not claimed."""
-  layer = re.compile(rf"(?:^|(?<=/)){pattern}(?=/|$)")
+  layer = compile_regex(rf"(?:^|(?<=/)){pattern}(?=/|$)", "role rule")
 
   def rule(paths, leaves):
     order = layer_order(paths, layer)

@@ -1,8 +1,6 @@
-"""Recombination: build a student's parameters from a partitioned teacher.
-
-Teacher and fresh student are partitioned by the same rules; a registered strategy
-``fn(teacher, student, context, **options) -> (groups, reused, info)`` fills the student's
-groups (``reused``: the ``(group, key)`` taken from the teacher; ``info``: for the report).
+"""Recombination: teacher and fresh student partitioned by the same rules; a registered
+strategy ``fn(teacher, student, context, **options) -> (groups, reused, info)`` fills the
+student's groups.
 """
 from typing import Any, Optional, Sequence
 
@@ -10,7 +8,7 @@ from distill_jax.partition import combine, partition
 from distill_jax.partition.core import with_groups
 from distill_jax.recombine.accounting import account, format_accounting
 from distill_jax.recombine.context import Context
-from distill_jax.recombine.strategies import STRATEGIES, plan_layers
+from distill_jax.recombine.strategies import STRATEGIES, layer_groups, plan_layers
 
 # Importing registers the data-driven strategies too.
 from distill_jax.recombine import similarity as _similarity  # noqa: F401
@@ -31,4 +29,4 @@ def recombine(teacher_params: Any, student_params: Any, *, strategy: str,
 
 
 __all__ = ["STRATEGIES", "Context", "recombine", "account", "format_accounting", "plan_layers",
-           "DEFAULT_RULES"]
+           "layer_groups", "DEFAULT_RULES"]

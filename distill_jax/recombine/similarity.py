@@ -1,12 +1,7 @@
-"""``similarity``: merge (or drop) the most similar adjacent teacher layers first.
-
-Similarity is the linear CKA of layer outputs on data (Kornblith et al., 2019), or without data
-the cosine of weights where shapes agree. Adjacent blocks merge greedily (a pair scores the
-mean similarity of its members; blocks of different shapes merge last) until the student's
-depth is reached; a block becomes its members' mean ("merge") or its most representative
-member ("drop").
+"""``similarity``: merge (or drop) the most similar adjacent teacher layers first, by linear
+CKA of layer outputs (Kornblith et al., 2019) or, without data, weight cosine; a block becomes
+its members' mean ("merge") or its most representative member ("drop").
 """
-import json
 import os
 from typing import Callable, Optional
 
@@ -14,6 +9,7 @@ import jax
 import numpy as np
 
 from distill_jax.errors import InputError
+from distill_jax.files import atomic, write_json
 from distill_jax.partition import Partition
 from distill_jax.recombine.context import Context
 from distill_jax.recombine.strategies import (STRATEGIES, _first, _mean, fill_from_blocks,
@@ -122,20 +118,18 @@ def save_similarity(sim: np.ndarray, names: list[str], measure: str, blocks, wor
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "similarity.json"), "w") as f:
-    json.dump({"layers": names, "measure": measure, "matrix": sim.round(6).tolist(),
-               "blocks": blocks}, f, indent=2)
+  write_json(os.path.join(workdir, "similarity.json"), {
+      "layers": names, "measure": measure, "matrix": sim.round(6).tolist(), "blocks": blocks})
   fig, ax = plt.subplots(figsize=(5.5, 4.5))
   im = ax.imshow(sim, vmin=0, vmax=1, cmap="viridis")
-  ax.set_xticks(range(len(names)), [n.replace("layer_", "") for n in names])
-  ax.set_yticks(range(len(names)), [n.replace("layer_", "") for n in names])
-  ax.set_xlabel("teacher layer")
-  ax.set_ylabel("teacher layer")
-  ax.set_title(f"teacher layer similarity ({'linear CKA' if measure == 'cka' else 'weight cosine'})")
+  ticks = [n.replace("layer_", "") for n in names]
+  ax.set(xticks=range(len(names)), xticklabels=ticks, yticks=range(len(names)),
+         yticklabels=ticks, xlabel="teacher layer", ylabel="teacher layer",
+         title=f"teacher layer similarity ({'CKA' if measure == 'cka' else 'weight cosine'})")
   fig.colorbar(im, ax=ax, label="similarity (0-1)")
   fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "similarity.png"), dpi=120)
+  with atomic(os.path.join(workdir, "similarity.png")) as tmp:
+    fig.savefig(tmp, dpi=120)
   plt.close(fig)
 
 

@@ -1,8 +1,5 @@
-"""The layer-level strategies: ``random``, ``select`` and ``average``, and their shared parts.
-
-Groups named ``layer_<i>`` (what the default depth rule makes) are the teacher's and the
-student's layer sequences; every other group (e.g. ``embeddings``, ``rest``) is copied from
-the teacher group of the same name.
+"""The layer-level strategies ``random``, ``select``, ``average`` and their shared parts:
+``layer_<i>`` groups are the layer sequences; other groups are copied by name.
 """
 import re
 from typing import Any, Callable, Optional, Sequence
@@ -24,7 +21,7 @@ def layer_groups(parts: Partition) -> list[str]:
   return sorted(names, key=lambda g: int(LAYER_GROUP.fullmatch(g).group(1)))
 
 
-def plan_layers(n: int, m: int, layers: Optional[Sequence[int]] = None, every: int = 0) -> list[int]:
+def plan_layers(n: int, m: int, layers: Optional[Sequence[int]] = None, every: int = 0) -> list:
   """Which of ``n`` teacher layers the ``m`` student layers keep.
 
   ``layers``: explicit indices (negative count from the head). ``every=k``: layers 0, k, 2k...

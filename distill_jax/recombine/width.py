@@ -1,8 +1,5 @@
-"""``width``: a narrower student that keeps each layer's most important units.
-
-Teacher layers are chosen as in ``select``; in each, output units are ranked (``weight``: norm
-of incoming weights and bias; ``activation``: mean |output| on data) and the top ``w`` kept, the
-next layer's input rows sliced to match, so the sliced layers still compose.
+"""``width``: a narrower student keeping each layer's most important units (by weight norm or
+mean activation), the next layer's input rows sliced to match.
 """
 from typing import Optional, Sequence
 

@@ -1,9 +1,5 @@
-"""Tasks: what is specific to a model family, and nothing else.
-
-A task supplies its data (training arrays, batched by (seed, step); a held-out set), its
-evaluators (held-out metrics; a label-free agreement score), the pretrained models it reads and
-what its exports add. The runner does everything else. Register an instance with
-``TASKS.register("name")(MyTask())``; see docs/extending.md.
+"""Tasks: what is specific to a model family (data, evaluators, pretrained models, export
+extras), and nothing else; the runner does the rest. See docs/extending.md.
 """
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
@@ -58,9 +54,11 @@ class Task:
     """Held-out metrics of ``model`` (with ``reference``: also how it agrees with it)."""
     raise NotImplementedError
 
-  def agreement(self, student, student_params: Any, teacher, teacher_params: Any,
-                data: TaskData, mesh, config, num_examples: int) -> float:
-    """Label-free: how closely the student follows the teacher on training inputs."""
+  agreement_output = "logits"      # what agreement compares
+
+  def agreement(self, student_outputs: np.ndarray, teacher_outputs: np.ndarray) -> float:
+    """Label-free: how closely the student follows the teacher (their ``agreement_output`` on
+    the same training inputs)."""
     raise InputError(f"task {type(self).__name__} has no label-free agreement score")
 
   def validation(self, data: TaskData, fraction: float, seed: int) -> TaskData:

@@ -1,18 +1,16 @@
-"""Sentence embeddings (all-MiniLM-L6-v2, BERT encoders) distilled on unlabelled text.
-
-Training: sentences (a text file, or an STS CSV's two columns) tokenised once. Held-out: STS
-pairs (a CSV or ``tfds:glue/stsb``), Spearman x100 of cosine against gold. Agreement: mean
-cosine with the teacher. Exports add HF safetensors, ``config.json`` and ``tokenizer.json``.
+"""Sentence embeddings (BERT encoders, all-MiniLM-L6-v2) distilled on unlabelled sentences;
+held out: STS pairs, Spearman x100 of cosine; agreement: mean cosine with the teacher.
 """
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from distill_jax import train
+from distill_jax import sharding, train
 from distill_jax.data.sources import SOURCES, tfds_builder
 from distill_jax.errors import InputError, MissingInput
+from distill_jax.files import atomic
 from distill_jax.models.bert import BertConfig, normalize
 from distill_jax.paths import fingerprint
 from distill_jax.tasks import TASKS, Task, TaskData
@@ -47,9 +45,7 @@ def read_sentences(data_config) -> list[str]:
 def read_tfds_stsb(name: str, data_dir: Optional[str], split: str = "validation") -> StsPairs:
   """STS pairs of a prepared TFDS GLUE/STS-B dataset (its validation split is STS-B dev)."""
   import tensorflow_datasets as tfds
-  builder = tfds_builder(name, data_dir, may_download=False,
-                         how_to_point="set data.data_dir=DIR, or pass an STS-benchmark CSV as "
-                                      "data.eval_path (evaluation never downloads).")
+  builder = tfds_builder(name, data_dir, may_download=False)
   # Example by example: 1,500 rows, and batch_size=-1 crashed TF (vector::reserve) on strings.
   rows = list(tfds.as_numpy(builder.as_dataset(split=split)))
   text = lambda s: s.decode("utf-8") if isinstance(s, bytes) else str(s)
@@ -86,6 +82,19 @@ def trim(batch: dict, multiple: int = 16) -> dict:
   return {k: (v[:, :length] if k in TOKEN_KEYS else v) for k, v in batch.items()}
 
 
+def embed(model, params: Any, tokenizer: TextTokenizer, sentences: Sequence[str],
+          batch_size: int = 64, max_length: int = minilm.MAX_LENGTH, mesh=None) -> np.ndarray:
+  """(N, hidden) L2-normalised sentence embeddings (the model's ``pooled`` output) in the order
+  of ``sentences``; batched longest first, so each batch carries little padding."""
+  tokens = tokenizer.encode(list(sentences), max_length, padding="max_length")
+  order = np.argsort(-tokens["attention_mask"].sum(1), kind="stable")
+  pooled = train.predict(model, params, {k: v[order] for k, v in tokens.items()},
+                         mesh or sharding.make_mesh(), batch_size, trim, ("pooled",))["pooled"]
+  out = np.empty_like(pooled)
+  out[order] = pooled
+  return np.asarray(normalize(out))
+
+
 class SentenceEmbedding(Task):
   metric = "spearman"
 
@@ -115,27 +124,23 @@ class SentenceEmbedding(Task):
         raise InputError(f"{role}.mixup={config[role].mixup}: token ids cannot be mixed up; "
                          "set it to 0")
 
-  def _embed(self, model, params, data, config, sentences) -> np.ndarray:
-    return minilm.embed(model, params, data.eval["tokenizer"], sentences,
-                        config.eval_batch_size, config.data.eval_max_length)
-
   def reference(self, model, params, data, mesh, config) -> float:
     return self.evaluate(model, params, data, mesh, config)["spearman"]
 
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
-    score = sts_score(lambda s: self._embed(model, params, data, config, s), data.eval["pairs"])
+    score = sts_score(lambda s: embed(model, params, data.eval["tokenizer"], s,
+                                      config.eval_batch_size, config.data.eval_max_length, mesh),
+                      data.eval["pairs"])
     metrics = {"spearman": score}
     if reference is not None:
       metrics["of_teacher"] = score / reference
     return metrics
 
-  def agreement(self, student, student_params, teacher, teacher_params, data, mesh, config,
-                num_examples) -> float:
-    rows = {k: v[:num_examples] for k, v in data.train.items()}
-    pooled = lambda m, p: normalize(train.predict(m, p, rows, mesh, config.eval_batch_size,
-                                                  trim)["pooled"])
-    return float(np.mean(np.sum(pooled(student, student_params) * pooled(teacher, teacher_params),
-                                -1)))
+  agreement_output = "pooled"
+
+  def agreement(self, student_outputs, teacher_outputs) -> float:
+    """Mean cosine of the two models' sentence vectors."""
+    return float(np.mean(np.sum(normalize(student_outputs) * normalize(teacher_outputs), -1)))
 
   def pretrained(self, spec: str) -> Optional[tuple[dict, Any]]:
     if spec == "minilm":
@@ -150,7 +155,8 @@ class SentenceEmbedding(Task):
     if config.export.safetensors and model.name == "bert":
       export_safetensors(params, directory, BertConfig.from_dict(
           {k: v for k, v in model.config.items() if k != "name"}))
-    shutil.copyfile(data.info["tokenizer"], os.path.join(directory, "tokenizer.json"))
+    with atomic(os.path.join(directory, "tokenizer.json")) as tmp:
+      shutil.copyfile(data.info["tokenizer"], tmp)
 
 
 TASKS.register("sentence_embedding")(SentenceEmbedding())

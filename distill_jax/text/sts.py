@@ -1,9 +1,8 @@
-"""STS-benchmark: reading the pairs, Spearman correlation, and scoring a sentence encoder.
-
-The score is the usual one for sentence embeddings: Spearman's rank correlation (x100)
-between the cosine similarity of the two sentences' embeddings and the gold 0..5 score.
+"""STS-benchmark: the pairs, Spearman correlation, and the score of a sentence encoder
+(Spearman x100 of the embeddings' cosine against the gold 0..5 scores).
 """
 import csv
+import math
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -40,7 +39,9 @@ def read_sts_csv(path: str) -> StsPairs:
       try:
         score = float(row[4])
       except ValueError:
-        raise InputError(f"{path}:{lineno}: score {row[4]!r} is not a number") from None
+        score = float("nan")
+      if not math.isfinite(score):
+        raise InputError(f"{path}:{lineno}: score {row[4]!r} is not a finite number")
       scores.append(score)
       s1.append(row[5])
       s2.append(row[6])

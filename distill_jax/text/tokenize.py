@@ -1,8 +1,5 @@
-"""Batched WordPiece tokenisation with ``tokenizers``, as int32 numpy arrays.
-
-A ``tokenizer.json`` may carry its own truncation and padding (all-MiniLM-L6-v2's pads to 128):
-both are set here on every call: truncation to ``max_length`` tokens with [CLS] and [SEP], then
-our padding to the batch's longest row (rounded up to a multiple) or to ``max_length``.
+"""Batched WordPiece tokenisation as int32 numpy arrays; truncation and padding set on every
+call (the file's own, all-MiniLM-L6-v2's 128, would be wrong).
 """
 import os
 from typing import Sequence
@@ -10,21 +7,6 @@ from typing import Sequence
 import numpy as np
 
 from distill_jax.errors import InputError, MissingInput
-
-PADDINGS = ("longest", "max_length")
-
-
-def padded_length(longest: int, max_length: int, padding: str = "longest",
-                  pad_to_multiple_of: int = 1) -> int:
-  """The batch's sequence length: ``max_length``, or ``longest`` rounded up to a multiple of
-  ``pad_to_multiple_of`` but never past ``max_length`` (which may itself be no multiple)."""
-  if padding not in PADDINGS:
-    raise InputError(f"padding={padding!r}: use one of {PADDINGS}")
-  if padding == "max_length":
-    return max_length
-  multiple = max(1, pad_to_multiple_of)
-  return min(-(-longest // multiple) * multiple, max_length)
-
 
 class TextTokenizer:
   """A ``tokenizers.Tokenizer`` with explicit truncation and our own padding."""
@@ -41,22 +23,20 @@ class TextTokenizer:
     self.pad_id = pad_id
     self._truncation = None
 
-  def _truncate_to(self, max_length: int) -> None:
-    if self._truncation != max_length:
-      self.tokenizer.enable_truncation(max_length=max_length)
-      self._truncation = max_length
-
-  def encode(self, texts: Sequence[str], max_length: int = 256, padding: str = "longest",
-             pad_to_multiple_of: int = 1) -> dict[str, np.ndarray]:
-    """``input_ids``, ``attention_mask``, ``token_type_ids``: (len(texts), L) int32."""
+  def encode(self, texts: Sequence[str], max_length: int = 256,
+             padding: str = "longest") -> dict[str, np.ndarray]:
+    """``input_ids``, ``attention_mask``, ``token_type_ids``: (len(texts), L) int32, L the
+    longest row's length (``padding="longest"``) or ``max_length``."""
     if isinstance(texts, str):
       raise TypeError("encode takes a list of texts, not one string")
     if max_length < 2:
       raise InputError(f"max_length={max_length}: needs room for [CLS] and [SEP]")
-    self._truncate_to(max_length)
+    if self._truncation != max_length:
+      self.tokenizer.enable_truncation(max_length=max_length)
+      self._truncation = max_length
     encodings = self.tokenizer.encode_batch(list(texts))
     longest = max((len(e.ids) for e in encodings), default=1)
-    length = padded_length(longest, max_length, padding, pad_to_multiple_of)
+    length = max_length if padding == "max_length" else longest
     batch = {"input_ids": np.full((len(encodings), length), self.pad_id, np.int32),
              "attention_mask": np.zeros((len(encodings), length), np.int32),
              "token_type_ids": np.zeros((len(encodings), length), np.int32)}
@@ -66,8 +46,3 @@ class TextTokenizer:
       batch["attention_mask"][row, :n] = 1
       batch["token_type_ids"][row, :n] = e.type_ids
     return batch
-
-  def num_tokens(self, texts: Sequence[str], max_length: int = 256) -> np.ndarray:
-    """Tokens per text after truncation (with [CLS] and [SEP])."""
-    self._truncate_to(max_length)
-    return np.array([len(e.ids) for e in self.tokenizer.encode_batch(list(texts))])

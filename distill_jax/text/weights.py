@@ -1,9 +1,5 @@
-"""HuggingFace BERT safetensors <-> :class:`~distill_jax.models.bert.BertEncoder` parameters.
-
-Names map one to one; PyTorch Linear weights (out, in) are transposed to Flax's (in, out).
-Import then export is bit-identical (the pooler kept when present; the ``position_ids`` buffer
-checked on import, written on export). Exported layers are renumbered 0..n-1, so a student
-made of a subset of the teacher's blocks exports as a plain n-layer BERT.
+"""HuggingFace BERT safetensors <-> Flax parameters, bit-identical both ways (Linear weights
+transposed; ``position_ids`` checked and written back); exported layers are renumbered 0..n-1.
 """
 import json
 import os
@@ -14,6 +10,7 @@ import jax
 import numpy as np
 
 from distill_jax.errors import InputError, MissingInput
+from distill_jax.files import atomic, write_json
 from distill_jax.models.bert import BertConfig, bert_config_from_hf, bert_config_to_hf, init_params
 from distill_jax.paths import flatten, unflatten
 
@@ -33,53 +30,20 @@ _LAYER = {"attention.self.query": "attention/query",
           "intermediate.dense": "intermediate",
           "output.dense": "output",
           "output.LayerNorm": "output_layer_norm"}
-_HF_LAYER = re.compile(r"encoder\.layer\.(\d+)\.(.+)")
-_FLAX_LAYER = re.compile(r"encoder/layer_(\d+)/(.+)")
+_LEAVES = (("embeddings", {"weight": "embedding"}), ("norm", {"weight": "scale", "bias": "bias"}),
+           ("", {"weight": "kernel", "bias": "bias"}))    # Embedding, LayerNorm, Linear
+_HF_LAYER = re.compile(r"encoder\.layer\.(\d+)\.")
 
 
-def _leaf_to_flax(module: str, leaf: str) -> Optional[str]:
-  """HF parameter leaf -> Flax leaf, by the kind of module (Embedding, LayerNorm, Linear)."""
-  if module.endswith("embeddings"):
-    return {"weight": "embedding"}.get(leaf)
-  if module.endswith("layer_norm"):
-    return {"weight": "scale", "bias": "bias"}.get(leaf)
-  return {"weight": "kernel", "bias": "bias"}.get(leaf)
-
-
-def hf_to_flax_name(name: str) -> tuple[str, bool]:
-  """``encoder.layer.3.attention.self.query.weight`` -> (``encoder/layer_3/attention/query/
-  kernel``, transpose?). ValueError for a name this port does not know."""
-  module, _, leaf = name.rpartition(".")
-  layer = _HF_LAYER.fullmatch(module)
-  if layer and layer.group(2) in _LAYER:
-    flax_module = f"encoder/layer_{int(layer.group(1))}/{_LAYER[layer.group(2)]}"
-  elif module in _TOP:
-    flax_module = _TOP[module]
-  else:
-    raise InputError(f"unknown tensor {name!r}: not a BERT parameter this port maps")
-  flax_leaf = _leaf_to_flax(flax_module, leaf)
-  if flax_leaf is None:
-    raise InputError(f"unknown tensor {name!r}: {module!r} has no parameter {leaf!r}")
-  return f"{flax_module}/{flax_leaf}", flax_leaf == "kernel"
-
-
-def flax_to_hf_name(path: str, layer_index: Optional[int] = None) -> tuple[str, bool]:
-  """Inverse of :func:`hf_to_flax_name`; ``layer_index`` renumbers ``encoder/layer_{i}``."""
-  module, _, leaf = path.rpartition("/")
-  layer = _FLAX_LAYER.fullmatch(module)
-  inverse_layer = {v: k for k, v in _LAYER.items()}
-  inverse_top = {v: k for k, v in _TOP.items()}
-  if layer and layer.group(2) in inverse_layer:
-    index = int(layer.group(1)) if layer_index is None else layer_index
-    hf_module = f"encoder.layer.{index}.{inverse_layer[layer.group(2)]}"
-  elif module in inverse_top:
-    hf_module = inverse_top[module]
-  else:
-    raise InputError(f"unknown parameter {path!r}: not a BertEncoder parameter")
-  inverse_leaf = {"embedding": "weight", "scale": "weight", "kernel": "weight", "bias": "bias"}
-  if leaf not in inverse_leaf or _leaf_to_flax(module, inverse_leaf[leaf]) != leaf:
-    raise InputError(f"unknown parameter {path!r}: {module!r} has no parameter {leaf!r}")
-  return f"{hf_module}.{inverse_leaf[leaf]}", leaf == "kernel"
+def names(layers) -> dict[str, tuple[str, bool]]:
+  """HF tensor name -> (Flax path, transposed?) of a BERT with these layer indices."""
+  modules = dict(_TOP, **{f"encoder.layer.{i}.{h}": f"encoder/layer_{i}/{f}"
+                          for i in layers for h, f in _LAYER.items()})
+  out = {}
+  for hf, fx in modules.items():
+    leaves = next(leaves for suffix, leaves in _LEAVES if fx.endswith(suffix))
+    out.update({f"{hf}.{h}": (f"{fx}/{f}", f == "kernel") for h, f in leaves.items()})
+  return out
 
 
 def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
@@ -88,46 +52,35 @@ def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flatten(abstract).items()}
 
 
-def _check_position_ids(value: np.ndarray, cfg: BertConfig) -> None:
-  want = np.arange(cfg.max_position)[None, :]
-  if value.shape != want.shape or not np.array_equal(value, want):
-    raise InputError(f"tensor {POSITION_IDS!r} of shape {value.shape} is not arange("
-                     f"{cfg.max_position}) of shape {want.shape}: custom position ids are not "
-                     "supported")
-
-
-def hf_tensors_to_params(tensors: Mapping[str, np.ndarray], cfg: BertConfig) -> tuple[dict, BertConfig]:
+def hf_tensors_to_params(tensors: Mapping[str, np.ndarray], cfg: BertConfig) -> tuple:
   """HF tensors -> (Flax params (numpy leaves), config). Errors name every offending tensor:
   unknown names, shapes that do not fit ``cfg``, layers beyond ``cfg.num_layers``, and
   missing tensors. A file without pooler tensors gives ``with_pooler=False``."""
-  has_pooler = any(n.startswith("pooler.") for n in tensors)
-  cfg = cfg.replace(with_pooler=has_pooler)
+  cfg = cfg.replace(with_pooler=any(n.startswith("pooler.") for n in tensors))
   want = expected_shapes(cfg)
-  flat, seen, errors = {}, set(), []
+  table = names({int(m.group(1)) for m in map(_HF_LAYER.match, tensors) if m})
+  flat, errors = {}, []
   for name, value in tensors.items():
     if name == POSITION_IDS:
-      try:
-        _check_position_ids(value, cfg)
-      except ValueError as e:
-        errors.append(str(e))
-      continue
-    try:
-      path, transpose = hf_to_flax_name(name)
-    except ValueError as e:
-      errors.append(str(e))
-      continue
-    seen.add(path)
-    value = np.asarray(value)
-    value = value.T if transpose else value
-    if path not in want:
-      errors.append(f"tensor {name!r} does not fit the config ({cfg.num_layers} layers)")
-    elif value.shape != want[path]:
-      need = want[path][::-1] if transpose else want[path]  # in the file's (HF) layout
-      errors.append(f"tensor {name!r} has shape {tuple(tensors[name].shape)}; the config "
-                    f"needs {need}")
+      if np.shape(value) != (1, cfg.max_position) or not np.array_equal(
+          value, np.arange(cfg.max_position)[None]):
+        errors.append(f"tensor {name!r} of shape {np.shape(value)} is not arange("
+                      f"{cfg.max_position}): custom position ids are not supported")
+    elif name not in table:
+      errors.append(f"unknown tensor {name!r}: not a BERT parameter this port maps")
     else:
-      flat[path] = value
-  missing = [flax_to_hf_name(p)[0] for p in want if p not in seen]
+      path, transpose = table[name]
+      value = np.asarray(value).T if transpose else np.asarray(value)
+      if path not in want:
+        errors.append(f"tensor {name!r} does not fit the config ({cfg.num_layers} layers)")
+      elif value.shape != want[path]:
+        need = want[path][::-1] if transpose else want[path]  # in the file's (HF) layout
+        errors.append(f"tensor {name!r} has shape {tuple(tensors[name].shape)}; the config "
+                      f"needs {need}")
+      else:
+        flat[path] = value
+  inverse = {p: hf for hf, (p, _) in names(range(cfg.num_layers)).items()}
+  missing = [inverse[p] for p in want if p not in flat and p in inverse]
   if missing:
     errors.append(f"missing tensor(s): {', '.join(missing)}")
   if errors:
@@ -165,22 +118,26 @@ def load_safetensors(path: str, config: Optional[BertConfig] = None) -> tuple[di
   return hf_tensors_to_params(tensors, config)
 
 
-def params_to_hf_tensors(params: Mapping[str, Any], position_ids: bool = True) -> dict[str, np.ndarray]:
+def params_to_hf_tensors(params: Mapping[str, Any], position_ids: bool = True) -> dict:
   """Flax params -> HF tensor dict (numpy, contiguous). Layers are renumbered 0..n-1 in index
   order; ``position_ids`` adds the ``embeddings.position_ids`` buffer as HF files carry it."""
   flat = {k: np.asarray(jax.device_get(v)) for k, v in flatten(params).items()}
-  layers = sorted({int(m.group(1)) for m in map(_FLAX_LAYER.match, flat) if m})
-  renumber = {old: new for new, old in enumerate(layers)}
+  layers = sorted({int(m.group(1)) for m in map(re.compile(r"encoder/layer_(\d+)/").match, flat)
+                   if m})
+  inverse = {p: (hf, t) for hf, (p, t) in names(layers).items()}
+  renumber = lambda hf: _HF_LAYER.sub(lambda m: f"encoder.layer.{layers.index(int(m.group(1)))}.",
+                                      hf)
   out = {}
   for path, value in flat.items():
-    m = _FLAX_LAYER.match(path)
-    name, transpose = flax_to_hf_name(path, renumber[int(m.group(1))] if m else None)
-    out[name] = np.ascontiguousarray(value.T if transpose else value)
+    if path not in inverse:
+      raise InputError(f"unknown parameter {path!r}: not a BertEncoder parameter")
+    name, transpose = inverse[path]
+    out[renumber(name)] = np.ascontiguousarray(value.T if transpose else value)
   if position_ids:
     pos = "embeddings.position_embeddings.weight"
     if pos not in out:
-      raise InputError(f"missing parameter {hf_to_flax_name(pos)[0]!r}: cannot size "
-                       f"{POSITION_IDS!r}")
+      raise InputError(f"missing parameter 'embeddings/position_embeddings/embedding': cannot "
+                       f"size {POSITION_IDS!r}")
     out[POSITION_IDS] = np.arange(out[pos].shape[0], dtype=np.int64)[None, :]
   return out
 
@@ -199,8 +156,9 @@ def export_safetensors(params: Mapping[str, Any], path: str,
     os.makedirs(path, exist_ok=True)
     weights = os.path.join(path, "model.safetensors")
     if config is not None:
-      layers = len({m.group(1) for m in map(_HF_LAYER.fullmatch, tensors) if m})
-      with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(bert_config_to_hf(config.replace(num_layers=layers)), f, indent=2)
-  save_file(tensors, weights, metadata={"format": "pt"})
+      layers = len({m.group(1) for m in map(_HF_LAYER.match, tensors) if m})
+      write_json(os.path.join(path, "config.json"),
+                 bert_config_to_hf(config.replace(num_layers=layers)))
+  with atomic(weights) as tmp:
+    save_file(tensors, tmp, metadata={"format": "pt"})
   return weights
