@@ -26,8 +26,11 @@ def code_version() -> str:
 
 
 def make(command: str, config, data_identity: Any) -> dict:
-  """The manifest of a run, JSON-normalised (so it compares equal to one read back)."""
-  return json.loads(json.dumps({"command": command, "config": config.to_dict(),
+  """The manifest of a run, JSON-normalised (so it compares equal to one read back). The
+  process id is left out: every process of a multi-host run writes the same run."""
+  resolved = config.to_dict()
+  resolved["distributed"].pop("process_id", None)
+  return json.loads(json.dumps({"command": command, "config": resolved,
                                 "data": data_identity, "code": code_version()}, default=str))
 
 
