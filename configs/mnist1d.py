@@ -4,13 +4,14 @@ layer fits the student, so the student learns from outputs and features, not reu
   python -m distill_jax.main --config=configs/mnist1d.py:mlp --workdir=runs/m1d_mlp
   python -m distill_jax.sweep --config=configs/mnist1d.py --workdir=runs/mnist1d
 
-Arguments (comma separated): the student (first; default ``mlp``), ``mlp`` (40-100-100-10, MNIST-1D's reference MLP) or
-``gru`` (bidirectional GRU of 6 units reading all 40 steps, its reference GRU); then optionally
-a feature term (``hint``, ``attention``, ``cosine``, ``rkd``, ``similarity``: feature-level KD
-added to the logit KD), ``dkd`` (decoupled KD instead of Hinton KD), ``stagewise`` (features
-alone first, teacher head reused, then outputs) and ``smoke`` (seconds, for tests). Without an
-argument the config is the MLP with logit KD, and ``sweep.variants`` lists every combination
-the docs' table reports (the sweep runs them with seeds 0, 1, 2: 38 min on 2 CPU cores).
+Arguments (comma separated): the student (first; default ``mlp``), ``mlp`` (40-100-100-10,
+MNIST-1D's reference MLP) or ``gru`` (bidirectional GRU of 6 units reading all 40 steps, its
+reference GRU); then optionally a feature term (``hint``, ``attention``, ``cosine``, ``rkd``,
+``similarity``: feature-level KD added to the logit KD), ``dkd`` (decoupled KD instead of
+Hinton KD), ``stagewise`` (features alone first, teacher head reused, then outputs) and
+``smoke`` (seconds, for tests). Without an argument the config is the MLP with logit KD, and
+``sweep.variants`` lists every combination the docs' table reports (the sweep runs them with
+seeds 0, 1, 2: 38 min on 2 CPU cores).
 
 Teacher: Conv(5)x3 with 32 channels and average pooling, Dense 100, head (``Conv_0..2``,
 ``Dense_0``, ``Dense_1``). The MLP's second hidden layer is paired with the teacher's Dense_0

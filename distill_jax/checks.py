@@ -138,6 +138,10 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
   """The checks of one run's config given the data and the teacher (a dry run on shapes);
   ``init_only``: of the student's initialisation alone (plans that are never trained)."""
   task.check(config, data)
+  for role in ("teacher", "student"):
+    if config[role].mixup and not data.mixup_keys:
+      raise InputError(f"{role}.mixup={config[role].mixup}: the {config.task} task's inputs "
+                       "cannot be mixed up (token ids); set it to 0")
   terms = {what: losses.bind(config[what.split(".")[0]].terms, what)
            for what in ("teacher.terms", "baseline.terms", "distill.terms")}
   student = student_model(config, data, teacher)
@@ -153,7 +157,7 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
         have = {r: sorted(o) for r, o in outputs.items()}
         raise InputError(f"{what}: term {b.name!r} reads outputs {sorted(wanted)}; the models "
                          f"lack {missing} (they output {have})")
-      if "labels" in b.term.reads and "y" not in data.train and data.num_train:
+      if "labels" in b.term.reads and "y" not in data.example and data.num_train:
         raise InputError(f"{what}: term {b.name!r} reads labels; the {config.task} data has "
                          "none")
   init = config.student.init
@@ -177,6 +181,8 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
                        "distill.terms has none")
     features.reuse_head(tparams, sparams, config.distill.stage1.head)
   steps_per_epoch(data.num_train, config.batch_size)
-  if config.batch_size % sharding.batch_size_per_step(sharding.make_mesh(config.mesh.to_dict())):
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  sharding.tree_specs(tparams, config.sharding.teacher, mesh)   # axes exist, shapes divide
+  if config.batch_size % sharding.batch_size_per_step(mesh):
     raise InputError(f"batch_size {config.batch_size} is not a multiple of the "
                      f"{jax.device_count()} devices the batch is split over")

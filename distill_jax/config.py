@@ -28,8 +28,11 @@ def defaults() -> ml_collections.ConfigDict:
       data_dir="", download=False,  # tfds: where prepared data lives; may it download
       test_fraction=0.2, split_seed=0,   # digits/npz: seeded held-out fraction
       num_classes=0,                # npz: 0 = max label + 1
-      max_length=128,               # text: training sequences are truncated here
-      eval_max_length=256)          # text: evaluation sequences are truncated here
+      max_length=128,               # text: training sequences are truncated (LMs: packed) here
+      eval_max_length=256,          # text: evaluation sequences (LMs: perplexity windows)
+      tokenizer="",                 # LMs: "char" | "smollm2" | a .gguf or tokenizer.json file
+      documents="raw",              # LMs: "raw" text, or "lines" (one document a line)
+      eval_stride=0)                # LMs: perplexity window stride (0: eval_max_length // 2)
   c.batch_size = 64
   c.eval_batch_size = 512
   c.micro_batches = 1               # gradient accumulation: each batch in k parts
@@ -78,6 +81,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.search = dict(plans=(), steps=500, seeds=(0,), target=0.0, max_plans=10, val_fraction=0.2)
   c.sweep = dict(variants=(), seeds=(0, 1, 2),
                  names=())          # run only the variants of these names (all when empty)
+  # LMs: samples in each evaluation (prompts: strings; none: the held-out text's first tokens)
+  c.generate = dict(prompts=(), steps=32, temperature=0.0, top_k=0, top_p=1.0)
   c.export = dict(safetensors=True)  # families with a standard layout also export it
   return c
 

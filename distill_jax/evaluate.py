@@ -24,8 +24,11 @@ def evaluate(config, model_spec: str) -> dict:
   data = task.load(config)
   model, params = runner.load_model(task, model_spec, data, "--model")
   metrics = task.evaluate(model, params, data, sharding.make_mesh(config.mesh.to_dict()), config)
+  texts = {k: v for k, v in metrics.items() if not isinstance(v, (int, float))}
+  for k, v in texts.items():             # e.g. an LM's samples
+    print(f"{k}:\n  " + "\n  ".join(map(repr, v)))
   print(f"model {model_spec} ({model.name}), data {data.name}: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in texts)
         + f"; {time.perf_counter() - start:.1f} s on {jax.devices()[0].platform}; {task.metric}:")
   print(f"{metrics[task.metric]:.4f}")
   return metrics

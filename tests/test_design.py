@@ -19,7 +19,7 @@ LAYERS = {
     1: ("data", "models", "losses", "partition", "sharding", "distributed", "text",
         "text.sts", "text.tokenize"),
     2: ("features", "recombine", "checkpoint", "teacher_cache", "text.weights", "text.minilm",
-        "plots"),
+        "text.hf_llama", "text.generate", "plots"),
     3: ("train", "loop"),
     4: ("tasks",),
     5: ("runner", "plans", "manifest"),

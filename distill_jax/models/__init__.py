@@ -108,6 +108,7 @@ def feature_dict(intermediates: Any) -> dict[str, Any]:
 
 # Registering the built-in families (the modules import nothing from here).
 from distill_jax.models import bert as _bert  # noqa: E402
+from distill_jax.models import llama as _llama  # noqa: E402
 from distill_jax.models.cnn import CNN  # noqa: E402
 from distill_jax.models.gru import GRU  # noqa: E402
 from distill_jax.models.mlp import MLP  # noqa: E402
@@ -119,5 +120,10 @@ MODELS.register("bert")(Family(
     make=lambda fields, info: _bert.BertEncoder(_bert.BertConfig.from_dict(fields)),
     inputs=("input_ids", "attention_mask", "token_type_ids"), outputs=_bert.sentence_outputs,
     fields=lambda module: module.config.to_dict()))
+# A causal LM: the vocabulary comes from the data's tokenizer unless the config fixes it.
+MODELS.register("llama")(Family(
+    make=lambda fields, info: _llama.Llama(_llama.LlamaConfig.from_dict(
+        {"vocab_size": info["vocab_size"], **fields} if "vocab_size" in info else fields)),
+    inputs=("tokens",), outputs=_llama.lm_outputs, fields=lambda module: module.config.to_dict()))
 
 __all__ = ["MODELS", "Family", "Model", "build", "linen", "feature_dict", "MLP", "CNN", "GRU"]

@@ -12,10 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from distill_jax.errors import InputError
+from distill_jax.models.fields import ArchConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(ArchConfig):
   """Architecture of a BERT encoder; the defaults are all-MiniLM-L6-v2's.
 
   JSON-friendly (``dtype`` is a string) so a student's config can be saved next to its
@@ -39,20 +40,6 @@ class BertConfig:
       raise InputError(f"BertConfig: hidden_size {self.hidden_size} is not divisible by "
                        f"num_heads {self.num_heads}")
     jnp.dtype(self.dtype)  # raises on an unknown dtype name
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "BertConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise InputError(f"BertConfig has no field(s) {unknown}; its fields are {sorted(names)}")
-    return cls(**d)
-
-  def replace(self, **changes) -> "BertConfig":
-    return dataclasses.replace(self, **changes)
 
 
 # BertConfig field -> HF config.json key (HF defaults where HF has them).

@@ -79,3 +79,4 @@ TASKS: Registry[Task] = Registry("task")
 # The built-in tasks register themselves.
 from distill_jax.tasks import classification as _classification  # noqa: E402,F401
 from distill_jax.tasks import sentence_embedding as _sentence_embedding  # noqa: E402,F401
+from distill_jax.tasks import causal_lm as _causal_lm  # noqa: E402,F401

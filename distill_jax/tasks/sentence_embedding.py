@@ -118,12 +118,6 @@ class SentenceEmbedding(Task):
                      "sha256": fingerprint([tokens, pairs])},
                     example=example, prepare=trim)
 
-  def check(self, config, data) -> None:
-    for role in ("teacher", "student"):
-      if config[role].mixup:
-        raise InputError(f"{role}.mixup={config[role].mixup}: token ids cannot be mixed up; "
-                         "set it to 0")
-
   def reference(self, model, params, data, mesh, config) -> float:
     return self.evaluate(model, params, data, mesh, config)["spearman"]
 
