@@ -9,6 +9,7 @@ import math
 from typing import Any
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
@@ -205,3 +206,11 @@ def lm_outputs(logits: jnp.ndarray, batch) -> dict:
     out["token_logprob"] = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["y"][..., None],
                                                axis=-1)[..., 0]
   return out
+
+
+def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+  """Flax path -> shape of every parameter of ``config``'s model (nothing is allocated)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(lambda: Llama(config).init(jax.random.PRNGKey(0), tokens))
+  return {"/".join(k): tuple(v.shape)
+          for k, v in flax.traverse_util.flatten_dict(abstract["params"]).items()}

@@ -1,6 +1,7 @@
 """Tasks: what is specific to a model family (data, evaluators, pretrained models, export
 extras), and nothing else; the runner does the rest. See docs/extending.md.
 """
+import abc
 import dataclasses
 from typing import Any, Callable, Mapping, Optional
 
@@ -35,13 +36,15 @@ class TaskData:
     return self.prepare({k: v[idx] for k, v in (arrays or self.train).items()})
 
 
-class Task:
-  """Base class: a task overrides :meth:`load`, :meth:`evaluate` and what else differs;
-  ``metric`` names the held-out metric summaries and searches rank by (higher is better)."""
+class Task(abc.ABC):
+  """Base class: a task must define :meth:`load` and :meth:`evaluate` and overrides what else
+  differs; ``metric`` names the held-out metric summaries and searches rank by (higher is
+  better)."""
   metric = "accuracy"
 
+  @abc.abstractmethod
   def load(self, config) -> TaskData:
-    raise NotImplementedError
+    """The task's data for ``config``."""
 
   def check(self, config, data: TaskData) -> None:
     """Task-specific config checks, before anything is written."""
@@ -49,10 +52,10 @@ class Task:
   def reference(self, model, params: Any, data: TaskData, mesh, config) -> Any:
     """What :meth:`evaluate` compares students with (e.g. the teacher's held-out outputs)."""
 
+  @abc.abstractmethod
   def evaluate(self, model, params: Any, data: TaskData, mesh, config,
                reference: Any = None) -> dict:
     """Held-out metrics of ``model`` (with ``reference``: also how it agrees with it)."""
-    raise NotImplementedError
 
   agreement_output = "logits"      # what agreement compares
 

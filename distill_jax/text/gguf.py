@@ -12,6 +12,7 @@
   bos 1 ``<|im_start|>``, eos 2 ``<|im_end|>``, unk 0, pad 2), kept on the tokenizer as the
   attribute ``special_ids``; ``tokenizer.chat_template`` is the file's Jinja chat template.
 """
+import functools
 import importlib.util
 import os
 import re
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distill_jax.errors import InputError, MissingInput
+from distill_jax.models.llama import LlamaConfig, expected_shapes
 from distill_jax.paths import unflatten
 
 if TYPE_CHECKING:
@@ -79,22 +81,6 @@ def _config(reader, path: str, tokens: list) -> dict:
               max_position=int(_field(reader, path, a + "context_length")))
 
 
-def _shapes(c: dict) -> dict[str, tuple[int, ...]]:
-  """Flax path -> shape of every parameter of config ``c``."""
-  h, hd, f = c["hidden_size"], c["hidden_size"] // c["num_heads"], c["intermediate_size"]
-  q, kv = c["num_heads"] * hd, c["num_kv_heads"] * hd
-  block = {"attn_norm/scale": (h,), "attention/query/kernel": (h, q),
-           "attention/key/kernel": (h, kv), "attention/value/kernel": (h, kv),
-           "attention/output/kernel": (q, h), "mlp_norm/scale": (h,),
-           "mlp/gate/kernel": (h, f), "mlp/up/kernel": (h, f), "mlp/down/kernel": (f, h)}
-  out = {"embed/embedding": (c["vocab_size"], h), "final_norm/scale": (h,)}
-  if not c["tie_embeddings"]:
-    out["lm_head/kernel"] = (h, c["vocab_size"])
-  for i in range(c["num_layers"]):
-    out.update({f"layer_{i}/{k}": v for k, v in block.items()})
-  return out
-
-
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
   """Undo llama.cpp's q/k row permutation (out, in): per head, its converter interleaves the
   two rotary halves (rows 0, d/2, 1, d/2+1, ...) for its RoPE; HF's rotate_half wants them
@@ -104,7 +90,7 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 def _params(reader, path: str, c: dict) -> dict:
   from gguf.quants import dequantize
-  want, flat = _shapes(c), {}
+  want, flat = expected_shapes(LlamaConfig(**c)), {}
   for t in reader.tensors:
     m = _BLOCK_NAME.fullmatch(t.name)
     if t.name in _TOP:
@@ -170,8 +156,10 @@ def _tokenizer(reader, path: str, tokens: list):
   return tok
 
 
+@functools.lru_cache(maxsize=2)
 def _open(path: str):
-  """A GGUFReader of a llama GGUF file (errors name the file)."""
+  """A GGUFReader of a llama GGUF file (errors name the file). Cached: a job reads the
+  tokenizer for its data and then the teacher, and parsing the metadata takes seconds."""
   try:
     from gguf import GGUFReader
   except ImportError:
