@@ -11,8 +11,10 @@ from distill_jax.recombine.context import Context
 from distill_jax.recombine.strategies import STRATEGIES, layer_groups, plan_layers
 
 # Importing registers the data-driven strategies too.
+from distill_jax.recombine import depth as _depth  # noqa: F401
 from distill_jax.recombine import similarity as _similarity  # noqa: F401
 from distill_jax.recombine import width as _width  # noqa: F401
+from distill_jax.recombine import prune as _prune  # noqa: F401
 
 DEFAULT_RULES = (("depth", r"Dense_(\d+)"),)
 

@@ -41,9 +41,12 @@ def weight_cosine(a: dict, b: dict) -> float:
   return float(u @ v / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12))
 
 
-def layer_outputs(teacher: Partition, names: list[str], context: Context) -> list[np.ndarray]:
-  """Each layer group's module output on ``context.batch`` (the model's captured features)."""
-  _, captured = context.teacher.apply(context.teacher_params, context.batch, capture=True)
+def layer_outputs(teacher: Partition, names: list[str], context: Context,
+                  captured: Optional[dict] = None) -> list[np.ndarray]:
+  """Each layer group's module output on ``context.batch`` (the model's captured features;
+  ``captured``: those of a forward pass already made)."""
+  if captured is None:
+    _, captured = context.teacher.apply(context.teacher_params, context.batch, capture=True)
   outputs = []
   for name in names:
     # The layer's module is the longest common prefix of its parameters' paths
