@@ -6,6 +6,14 @@ other teacher block (logit KD at T = 2 plus the next-token labels).
   python -m distill_jax.main --config=configs/shakespeare_char.py --workdir=runs/shakespeare \
       --config.data.path=../shared/data/tinyshakespeare/input.txt
 
+Seeds x objectives (``distill_jax.sweep``; the teacher of the run above reused): the 2-block
+student from the same start trained on labels only, on KD + labels, on KD alone, and on KD
+alone with half its steps on its own samples (on-policy, 16-character prompts):
+
+  python -m distill_jax.sweep --config=configs/shakespeare_char.py --workdir=runs/shk_sweep \
+      --config.data.path=../shared/data/tinyshakespeare/input.txt \
+      --config.teacher.load=runs/shakespeare/teacher/export --config.student.steps=1000
+
 The last 10% of the text is held out (as nanoGPT). Held-out loss is per character, over
 non-overlapping 64-character windows (each target sees 0..63 characters of context, as in
 nanoGPT's estimate). ``:smoke`` is a seconds-long setting for tests and notebooks (give it a
@@ -46,6 +54,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.baseline.enabled = True
   c.generate.steps = 64
   c.generate.prompts = ("ROMEO:", "First Citizen:\n")
+  c.generate.quality = ml_collections.ConfigDict(dict(prompts=16, steps=48, temperature=1.0))
+  c.distill.on_policy.prompt_length = 16
+  kd = (("kd", 1.0, {"temperature": 2.0}),)
+  c.sweep.seeds = (0, 1, 2)
+  c.sweep.columns = ("log_likelihood", "kl_teacher", "sample_nll")
+  c.sweep.variants = (
+      dict(name="labels_only", **{"distill.terms": (("ce", 1.0, {}),)}),
+      dict(name="kd_and_labels"),
+      dict(name="kd", **{"distill.terms": kd}),
+      dict(name="kd_on_policy", **{"distill.terms": kd, "distill.on_policy.fraction": 0.5}))
   if arg == "smoke":
     c.data.max_length = c.data.eval_max_length = c.data.eval_stride = 16
     c.batch_size, c.eval_batch_size = 4, 8
@@ -53,4 +71,6 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.teacher.steps = c.student.steps = 6
     c.log_every, c.eval_every, c.checkpoint_every = 2, 0, 3
     c.generate.steps, c.generate.prompts = 4, ()
+    c.generate.quality = ml_collections.ConfigDict(dict(prompts=2, steps=4, temperature=1.0))
+    c.distill.on_policy.prompt_length = 4
   return c

@@ -33,7 +33,11 @@ RANGES = (("batch_size", 1, False, True), ("eval_batch_size", 1, False, True),
           ("student.init.num_examples", 1, False, True), ("distill.stage1.steps", 0, False, True),
           ("student.init.choose.num_examples", 1, False, True),
           ("distill.cache_topk", 1, False, True), ("search.steps", 1, False, True),
-          ("search.max_plans", 1, False, True), ("search.val_fraction", 0, True, False))
+          ("search.max_plans", 1, False, True), ("search.val_fraction", 0, True, False),
+          ("distill.on_policy.fraction", 0, False, False),
+          ("distill.on_policy.prompt_length", 1, False, True),
+          ("distill.on_policy.temperature", 0, False, False),
+          ("distill.on_policy.top_k", 0, False, True))
 CHOICES = (("distill.cache", ("", "full", "topk")),
            ("distill.teacher_dtype", ("float32", "bfloat16", "float16")))
 
@@ -57,6 +61,9 @@ def check_values(config) -> None:
   for dotted, choices in CHOICES:
     if _get(config, dotted) not in choices:
       raise InputError(f"{dotted}={_get(config, dotted)!r}: use one of {list(choices)}")
+  if config.distill.on_policy.fraction > 1 or not 0 < config.distill.on_policy.top_p <= 1:
+    raise InputError(f"distill.on_policy: fraction={config.distill.on_policy.fraction} must be "
+                     f"<= 1 and top_p={config.distill.on_policy.top_p} in (0, 1]")
   if config.search.val_fraction >= 1:
     raise InputError(f"search.val_fraction={config.search.val_fraction}: must be < 1")
   if config.batch_size % config.micro_batches:
@@ -163,7 +170,7 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
   init = config.student.init
   sparams = zeros_like_init(student, data)
   check_sizes(sparams, "student.model")
-  context = recombine.Context(teacher, tparams, dict(data.example))
+  context = recombine.Context(teacher, tparams, dict(data.example), None, student)
   _, report = recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,
                                   context=context, **dict(init.get(init.strategy, {})))
   if init_only:

@@ -32,9 +32,14 @@ def defaults() -> ml_collections.ConfigDict:
       eval_max_length=256,          # text: evaluation sequences (LMs: perplexity windows)
       tokenizer="",                 # LMs: "char" | "smollm2" | a .gguf or tokenizer.json file
       documents="raw",              # LMs: "raw" text, or "lines" (one document a line)
-      eval_stride=0)                # LMs: perplexity window stride (0: eval_max_length // 2)
+      eval_stride=0,                # LMs: perplexity window stride (0: eval_max_length // 2)
+      # LMs: perplexity on text of other domains too, ((name, path), ...): each file's last
+      # other_eval_tokens tokens (metric perplexity_<name>; never trained on)
+      other_eval=(), other_eval_tokens=8192,
+      train_sequences=0)            # LMs: train on the first N packed sequences (0: all)
   c.batch_size = 64
   c.eval_batch_size = 512
+  c.eval_cache = False              # remember evaluations by (params, data, settings) across runs
   c.micro_batches = 1               # gradient accumulation: each batch in k parts
   c.mesh = dict(data=-1)            # {axis: size}, -1: the remaining devices
   # (regex over "/"-joined paths of the train state / teacher params, PartitionSpec entries)
@@ -56,12 +61,14 @@ def defaults() -> ml_collections.ConfigDict:
   c.student = dict(
       model=dict(name="mlp"), steps=1000, learning_rate=1e-3, mixup=0.0,
       frozen=(),                    # regexes of parameters that get no updates
-      init=dict(strategy="random",  # random | select | average | similarity | width
+      init=dict(strategy="random",  # random|select|average|similarity|width|influence|prune
                 rules=(("depth", r"Dense_(\d+)"),),
                 num_examples=512,   # training inputs for data-driven strategies (CKA, ...)
                 random={}, select=dict(layers=(), every=0), average={},
                 similarity=dict(measure="auto", mode="merge"),
                 width=dict(layers=(), every=0, importance="weight"),
+                influence=dict(measure="cosine", keep=()),
+                prune=dict(layers=(), every=0, importance="activation"),
                 # Choose the init among plans before training, without labels: "agreement"
                 # scores each plan's student against the teacher on num_examples training
                 # inputs. plans=(): every choice of the student's depth among the teacher's
@@ -77,12 +84,21 @@ def defaults() -> ml_collections.ConfigDict:
       # Stage-wise: the feature terms alone for stage1.steps (phase "features"), then the
       # teacher's parameters under each (teacher, student) prefix of ``head`` copied where
       # shapes fit, then the other terms (phase "student").
-      stage1=dict(steps=0, head=()))
+      stage1=dict(steps=0, head=()),
+      # On-policy distillation (LMs; GKD, Agarwal et al. 2024): on ``fraction`` of the steps
+      # the student continues the first ``prompt_length`` tokens of each training sequence by
+      # sampling (key/value cache; temperature, top_k, top_p), and the terms score its text.
+      on_policy=dict(fraction=0.0, prompt_length=16, temperature=1.0, top_k=0, top_p=1.0))
   c.search = dict(plans=(), steps=500, seeds=(0,), target=0.0, max_plans=10, val_fraction=0.2)
   c.sweep = dict(variants=(), seeds=(0, 1, 2),
-                 names=())          # run only the variants of these names (all when empty)
+                 names=(),          # run only the variants of these names (all when empty)
+                columns=())        # more metrics to tabulate per row (e.g. "perplexity")
   # LMs: samples in each evaluation (prompts: strings; none: the held-out text's first tokens)
-  c.generate = dict(prompts=(), steps=32, temperature=0.0, top_k=0, top_p=1.0)
+  c.generate = dict(prompts=(), steps=32, temperature=0.0, top_k=0, top_p=1.0,
+                    # Generation quality: `prompts` held-out prompts of 16 tokens each
+                    # continued by `steps` sampled tokens (temperature), scored by the teacher
+                    # (metric sample_nll; 0 prompts: off)
+                    quality=dict(prompts=8, steps=32, temperature=1.0))
   c.export = dict(safetensors=True)  # families with a standard layout also export it
   return c
 

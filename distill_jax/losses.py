@@ -109,6 +109,43 @@ def kl_divergence(teacher_logits: jnp.ndarray, student_logits: jnp.ndarray,
   return (jnp.exp(log_p) * (log_p - log_q)).sum(-1).mean()
 
 
+def reverse_kl_divergence(teacher_logits: jnp.ndarray, student_logits: jnp.ndarray,
+                          temperature: float = 1.0) -> jnp.ndarray:
+  """KL(softmax(s/T) || softmax(t/T)) = sum_c q_c (log q_c - log p_c), averaged: mode-seeking
+  (the student is punished for mass where the teacher has little, not for missing modes)."""
+  return kl_divergence(student_logits, teacher_logits, temperature)
+
+
+def generalized_jsd(teacher_logits: jnp.ndarray, student_logits: jnp.ndarray, beta: float,
+                    temperature: float = 1.0) -> jnp.ndarray:
+  """GKD's generalised Jensen-Shannon divergence (Agarwal et al., 2024), averaged:
+  ``beta KL(p || m) + (1 - beta) KL(q || m)`` with ``m = beta p + (1 - beta) q``, p the
+  teacher's and q the student's softmax at T. beta -> 0 behaves like forward KL, beta -> 1 like
+  reverse KL (both scaled by beta, 1 - beta); 0.5 is the symmetric JSD."""
+  log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+  log_q = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+  log_m = jnp.logaddexp(jnp.log(beta) + log_p, jnp.log1p(-beta) + log_q)
+  kl_pm = (jnp.exp(log_p) * (log_p - log_m)).sum(-1)
+  kl_qm = (jnp.exp(log_q) * (log_q - log_m)).sum(-1)
+  return (beta * kl_pm + (1.0 - beta) * kl_qm).mean()
+
+
+def topk_kl_divergence(values: jnp.ndarray, indices: jnp.ndarray, student_logits: jnp.ndarray,
+                       temperature: float = 1.0) -> jnp.ndarray:
+  """Forward KL from a teacher known only by its top-k logits ``values`` at vocabulary ids
+  ``indices`` (..., k): ``sum_k p_k (log p_k - log q_k)``, p the softmax of the k values at T
+  (the teacher renormalised over its top k), q the student's full softmax at T read at those
+  ids. It never builds a dense teacher distribution: O(k) per token beyond the student's own
+  log-softmax."""
+  log_p = jax.nn.log_softmax(values.astype(jnp.float32) / temperature, axis=-1)
+  scaled = student_logits / temperature
+  # log q at the k ids as gathered logit - logsumexp (as cross-entropy does): no (tokens,
+  # vocabulary) log-softmax array is written.
+  log_q = (jnp.take_along_axis(scaled, indices, axis=-1)
+           - jax.nn.logsumexp(scaled, axis=-1, keepdims=True))
+  return (jnp.exp(log_p) * (log_p - log_q)).sum(-1).mean()
+
+
 @term("ce", reads=("logits", "labels"), teacher=False)
 def ce(student: dict, teacher: Any, batch: dict) -> jnp.ndarray:
   """Label cross-entropy; with mixup, ``lam * CE(y) + (1 - lam) * CE(y of the neighbour)``."""
@@ -125,7 +162,37 @@ def kd(student: dict, teacher: dict, batch: dict, temperature: float = 1.0) -> j
   """Hinton et al. (2015): T^2 * KL(softmax(t/T) || softmax(s/T)). The T^2 keeps the soft
   targets' gradients on the labels' scale when T changes; Hinton's objective is
   ``(("kd", alpha, {"temperature": T}), ("ce", 1 - alpha, {}))``."""
+  if "logits" not in teacher and "topk_values" in teacher:   # distill.cache="topk", tokens
+    return temperature ** 2 * topk_kl_divergence(teacher["topk_values"],
+                                                 teacher["topk_indices"], student["logits"],
+                                                 temperature)
   return temperature ** 2 * kl_divergence(teacher["logits"], student["logits"], temperature)
+
+
+def _dense_teacher(teacher: dict, name: str) -> jnp.ndarray:
+  if "logits" not in teacher:
+    raise InputError(f"term {name!r} needs the teacher's whole distribution; a top-k cache "
+                     "(distill.cache='topk') serves only 'kd' (forward KL)")
+  return teacher["logits"]
+
+
+@term("reverse_kl", reads=("logits",))
+def reverse_kl(student: dict, teacher: dict, batch: dict,
+               temperature: float = 1.0) -> jnp.ndarray:
+  """T^2 * KL(student || teacher) at temperature T (:func:`reverse_kl_divergence`)."""
+  return temperature ** 2 * reverse_kl_divergence(_dense_teacher(teacher, "reverse_kl"),
+                                                  student["logits"], temperature)
+
+
+@term("jsd", reads=("logits",))
+def jsd(student: dict, teacher: dict, batch: dict, beta: float = 0.5,
+        temperature: float = 1.0) -> jnp.ndarray:
+  """T^2 * generalised JSD(beta) at temperature T (:func:`generalized_jsd`), 0 < beta < 1."""
+  if not 0 < beta < 1:
+    raise InputError(f"term 'jsd': beta={beta} must be in (0, 1) (beta -> 0 is forward KL, "
+                     "-> 1 reverse KL: use 'kd' or 'reverse_kl' for those)")
+  return temperature ** 2 * generalized_jsd(_dense_teacher(teacher, "jsd"), student["logits"],
+                                            beta, temperature)
 
 
 def decoupled_kd(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, labels: jnp.ndarray,

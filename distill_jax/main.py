@@ -25,7 +25,7 @@ def run_job(config, workdir: str, checked: Optional[Checked] = None) -> dict:
   summary = {"task": config.task, "data": run.data.name, "metric": run.task.metric,
              "teacher": runner.summary_row(run, teacher, teacher_params)}
   if config.baseline.enabled:
-    summary["baseline"] = runner.baseline(run, teacher, reference)
+    summary["baseline"] = runner.baseline(run, teacher, reference, teacher_params)
   summary.update(runner.student_path(run, teacher, teacher_params, reference))
   summary["compression"] = summary["teacher"]["params"] / summary["student"]["params"]
   summary["wall_seconds"] = time.time() - start

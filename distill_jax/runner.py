@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import itertools
 import os
+import time
 import zlib
 from typing import Any, Optional, Sequence
 
@@ -35,8 +36,12 @@ class Run:
   writer: Optional[MetricsWriter] = None
 
   def evaluator(self, model, reference: Any = None):
-    return lambda params: self.task.evaluate(model, params, self.data, self.mesh, self.config,
-                                             reference)
+    evaluate = lambda params: self.task.evaluate(model, params, self.data, self.mesh,
+                                                 self.config, reference)
+    if not self.config.eval_cache:
+      return evaluate
+    from distill_jax.evaluation_cache import memoized
+    return memoized(evaluate, self, model, reference)
 
   def with_config(self, config) -> "Run":
     return dataclasses.replace(self, config=config)
@@ -72,6 +77,11 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
   needs_teacher = any(b.term.teacher for b in bound)
   if needs_teacher and teacher is None:
     raise InputError(f"{phase} terms {[b.name for b in bound]} read a teacher; there is none")
+  # On-policy distillation applies to the distillation phases (those that read a teacher).
+  on_policy = config.distill.on_policy.fraction if needs_teacher else 0.0
+  if on_policy and config.distill.cache:
+    raise InputError(f"distill.on_policy.fraction={on_policy}: the student's own samples need "
+                     f"the online teacher, but distill.cache={config.distill.cache!r}")
   resolved, projections = [], {}
   if any(b.term.features for b in bound):
     resolved, projections = features_lib.setup(bound, teacher[0], teacher[1], model, params,
@@ -94,7 +104,9 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
       model, bound, teacher_model, features=resolved, mixup_alpha=recipe.mixup,
       mixup_keys=data.mixup_keys, micro_batches=config.micro_batches,
       teacher_dtype=None if config.distill.teacher_dtype == "float32"
-      else config.distill.teacher_dtype)
+      else config.distill.teacher_dtype,
+      resample=run.task.sampler(model, config) if on_policy else None,
+      resample_fraction=on_policy)
   jitted = train.jit_train_step(step, run.mesh, state_shardings, teacher_shardings)
   n, batch_size = data.num_train, config.batch_size
   per_epoch = steps_per_epoch(n, batch_size)
@@ -130,14 +142,18 @@ def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, reci
                      f"augmentation, but student.mixup={recipe.mixup}: mixed-up inputs need the "
                      "online teacher (set distill.cache='' or student.mixup=0)")
   names = sorted({r for b in bound if b.term.teacher for r in b.term.reads} - {"labels"})
+  # The data's identity names its tokenizer (LMs) and preprocessing besides the arrays.
   settings = {"cache": config.distill.cache, "topk": config.distill.cache_topk,
-              "teacher_dtype": config.distill.teacher_dtype, "outputs": names}
+              "teacher_dtype": config.distill.teacher_dtype, "outputs": names,
+              "data": dict(run.data.identity)}
+  # Top-k logits are selected on the device (an LM's (N, L, vocabulary) would not fit).
+  on_device = config.distill.cache == "topk" and names == ["logits"]
 
   def build():
     out = train.predict(teacher, teacher_params, run.data.train, run.mesh,
-                        config.eval_batch_size, run.data.prepare, names)
-    return teacher_cache.compute({k: out[k] for k in names}, config.distill.cache,
-                                 config.distill.cache_topk)
+                        config.eval_batch_size, run.data.prepare, names,
+                        topk=config.distill.cache_topk if on_device else 0)
+    return teacher_cache.compute(out, config.distill.cache, config.distill.cache_topk)
   return teacher_cache.load_or_build(
       os.path.join(run.workdir, "teacher_cache"),
       teacher_cache.cache_key(teacher_params, run.data.train, settings), build)
@@ -199,7 +215,8 @@ def init_student(run: Run, student, teacher, teacher_params: Any,
   init = run.config.student.init
   fresh = student.init(key(run.config, 1), dict(run.data.example))
   sample = run.data.rows(slice(0, init.num_examples))
-  context = recombine.Context(teacher, teacher_params, sample, run.workdir if write else None)
+  context = recombine.Context(teacher, teacher_params, sample, run.workdir if write else None,
+                              student)
   params, report = recombine.recombine(teacher_params, fresh, strategy=init.strategy,
                                        rules=init.rules, context=context,
                                        **dict(init.get(init.strategy, {})))
@@ -295,9 +312,12 @@ def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
     print(format_accounting(report))
   evaluate = run.evaluator(student, reference)
   at_init = evaluate(params)
+  start = time.time()
   params = distill(run, student, params, teacher, teacher_params, report.get("teacher_layers"),
                    evaluate)
-  row = {"params": count_params(params), **evaluate(params), "at_init": at_init, "init": report,
+  timing = speed(run, "student", time.time() - start)
+  row = {"params": count_params(params), **evaluate(params), **timing, "at_init": at_init,
+         "init": report,
          "model": student.config, "terms": [list(t) for t in run.config.distill.terms]}
   if write:
     row["export"] = export(run, "student", student, params)
@@ -309,14 +329,45 @@ def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
   return out
 
 
+def speed(run: Run, phase: str, seconds: float) -> dict:
+  """A training phase's wall time and its median logged throughput (the first log, which
+  includes compilation, left out) in examples/s and, where the task counts them, tokens/s."""
+  import json
+  import numpy as np
+  rates = []
+  try:
+    with open(os.path.join(run.workdir, "metrics.jsonl")) as f:
+      for line in f:
+        try:
+          r = json.loads(line)
+        except ValueError:
+          continue
+        if r.get("phase") == phase and r.get("split") == "train" and "examples_per_sec" in r:
+          rates.append(r["examples_per_sec"])
+  except OSError:
+    pass
+  out = {"train_seconds": seconds}
+  if len(rates) > 1:
+    out["train_examples_per_s"] = float(np.median(rates[1:]))
+    tokens = run.task.tokens_per_example(run.data)
+    if tokens:
+      out["train_tokens_per_s"] = out["train_examples_per_s"] * tokens
+  return out
+
+
 def summary_row(run: Run, model, params: Any, reference: Any = None) -> dict:
   return {"params": count_params(params), **run.evaluator(model, reference)(params)}
 
 
-def baseline(run: Run, teacher, reference: Any) -> dict:
-  """The student trained from scratch on ``baseline.terms`` with the student's recipe."""
+def baseline(run: Run, teacher, reference: Any, teacher_params: Any = None) -> dict:
+  """The student trained from scratch on ``baseline.terms`` with the student's recipe (terms
+  that read the teacher: a randomly initialised student distilled)."""
   student = student_model(run.config, run.data, teacher)
   fresh = student.init(key(run.config, 1), dict(run.data.example))
+  start = time.time()
   params = train_phase(run, "baseline", student, fresh, run.config.student,
-                       run.config.baseline.terms, eval_fn=run.evaluator(student, reference))
-  return summary_row(run, student, params, reference)
+                       run.config.baseline.terms,
+                       (teacher, teacher_params) if teacher_params is not None else None,
+                       eval_fn=run.evaluator(student, reference))
+  timing = speed(run, "baseline", time.time() - start)
+  return {**summary_row(run, student, params, reference), **timing}

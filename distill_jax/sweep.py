@@ -24,6 +24,7 @@ def sweep(config, workdir: str, checked: Optional[Checked] = None) -> dict:
   start = time.time()
   metric = None
   rows: dict[str, list[float]] = {}
+  columns: dict[str, dict[str, list[float]]] = {}     # row -> sweep.columns -> per seed
   variants = [v for v in config.sweep.variants
               if not config.sweep.names or v["name"] in config.sweep.names]
   unknown = set(config.sweep.names) - {v["name"] for v in variants}
@@ -43,23 +44,45 @@ def sweep(config, workdir: str, checked: Optional[Checked] = None) -> dict:
         c.baseline.enabled = recipe not in baselines
         if teacher_key in teachers:
           c.teacher.load = teachers[teacher_key]
+      # The sweep's check covered every variant; one that keeps the data and the teacher
+      # reuses what it read (a pretrained teacher is not read again per variant).
+      reuse = checked if checked and not any(
+          k.startswith(("data.", "teacher.")) for k in variant) else None
       summary = plans.run_plans(
-          [{"name": f"seed_{seed}"}], lambda p, directory, c=c: run_job(c, directory),
+          [{"name": f"seed_{seed}"}],
+          lambda p, directory, c=c, reuse=reuse: run_job(c, directory, reuse),
           os.path.join(workdir, variant["name"]), lambda p, c=c: plans.key_of(c), what="sweep")[0]
       teachers.setdefault(teacher_key, c.teacher.load or os.path.join(
           workdir, variant["name"], f"seed_{seed}", "teacher", "export"))
       metric = summary["metric"]
-      if not c.teacher.load:
-        rows.setdefault("teacher", []).append(summary["teacher"][metric])
+
+      def add(name: str, result: dict) -> None:
+        rows.setdefault(name, []).append(result[metric])
+        for col in config.sweep.columns:
+          if isinstance(result.get(col), (int, float)):
+            columns.setdefault(name, {}).setdefault(col, []).append(result[col])
+      if not c.teacher.load or (config.sweep.columns and variant is variants[0]):
+        add("teacher", summary["teacher"])
       if "baseline" in summary:
         baselines.add(recipe)
-        rows.setdefault(f"{c.student.model.name} from scratch", []).append(
-            summary["baseline"][metric])
-      rows.setdefault(f"{variant['name']} distilled", []).append(summary["student"][metric])
-  write_json(os.path.join(workdir, "table.json"), {"metric": metric, "rows": rows})
+        add(f"{c.student.model.name} from scratch", summary["baseline"])
+      for plan, result in summary.get("init_compare", {}).items():
+        add(f"{variant['name']} at init: {plan}", result)
+      add(f"{variant['name']} distilled", summary["student"])
+  write_json(os.path.join(workdir, "table.json"), {"metric": metric, "rows": rows,
+                                                   "columns": columns})
   print(format_table(rows, metric))
+  if config.sweep.columns:
+    print(format_columns(columns, config.sweep.columns))
   print(f"sweep wall time {time.time() - start:.0f} s")
   return rows
+
+
+def format_columns(columns: dict, names) -> str:
+  """One row per model, the seeds' mean of each of ``names`` (``sweep.columns``)."""
+  cell = lambda v: f"{np.mean(v):.4g}" if v else "-"
+  return plots.table([("row", *names)] + [(row, *(cell(cols.get(n, [])) for n in names))
+                                          for row, cols in columns.items()])
 
 
 def format_table(rows: dict, metric: str) -> str:

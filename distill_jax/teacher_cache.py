@@ -28,6 +28,8 @@ def compute(outputs: dict[str, np.ndarray], mode: str, topk: int) -> dict[str, n
   ``teacher_<name>`` for ``full``; the top-k logits and their classes for ``topk``."""
   if mode == "full":
     return {f"teacher_{k}": np.asarray(v, np.float32) for k, v in outputs.items()}
+  if mode == "topk" and "topk_values" in outputs:     # already reduced on the device
+    return {f"teacher_{k}": np.asarray(v) for k, v in outputs.items()}
   if mode == "topk":
     if set(outputs) != {"logits"}:
       raise InputError(f"distill.cache='topk' keeps top-k logits, but the terms read the "

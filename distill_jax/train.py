@@ -5,7 +5,7 @@ does.
 """
 import functools
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,7 @@ from flax import struct
 from jax.sharding import Mesh
 
 from distill_jax import paths, sharding
+from distill_jax.errors import InputError
 from distill_jax.features import Resolved
 from distill_jax.losses import Bound
 
@@ -96,8 +97,11 @@ def teacher_outputs(teacher, teacher_params: Any, batch: dict, capture: bool,
   cached = {k[len(CACHED):]: v.astype(jnp.float32) for k, v in batch.items()
             if k.startswith(CACHED) and not k.startswith(CACHED + "topk")}
   if CACHED + "topk_values" in batch:
-    cached["logits"] = dense_from_topk(batch[CACHED + "topk_values"],
-                                       batch[CACHED + "topk_indices"], num_classes)
+    values, indices = batch[CACHED + "topk_values"], batch[CACHED + "topk_indices"]
+    if values.ndim == 2:      # one distribution per example: a dense copy is cheap
+      cached["logits"] = dense_from_topk(values, indices, num_classes)
+    else:                     # one per token (LMs): the "kd" term reads the top k directly
+      cached.update(topk_values=values.astype(jnp.float32), topk_indices=indices)
   if cached and not capture:
     return cached, {}
   inputs = {k: (v.astype(dtype) if dtype and jnp.issubdtype(v.dtype, jnp.floating) else v)
@@ -108,17 +112,29 @@ def teacher_outputs(teacher, teacher_params: Any, batch: dict, capture: bool,
   return jax.lax.stop_gradient(out), jax.lax.stop_gradient(feats)
 
 
+def is_resampled(step: jax.Array, fraction: float) -> jax.Array:
+  """Whether step ``step`` trains on resampled data: ``fraction`` of the steps, spread evenly
+  (step s when floor((s + 1) f) > floor(s f); f = 0.5: steps 1, 3, 5...)."""
+  s = step.astype(jnp.float32)
+  return jnp.floor((s + 1) * fraction) > jnp.floor(s * fraction)
+
+
 def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
                     features: Sequence[Resolved] = (), mixup_alpha: float = 0.0,
                     mixup_keys: Sequence[str] = ("x",), micro_batches: int = 1,
-                    teacher_dtype: Optional[str] = None):
+                    teacher_dtype: Optional[str] = None,
+                    resample: Optional[Callable] = None, resample_fraction: float = 0.0):
   """The pure ``train_step(state, batch, teacher_params) -> (state, metrics)``.
 
   Loss: ``sum(weight * term)`` (``features``: the feature terms, resolved). The teacher runs
   only if a term reads it and the batch has no cached outputs, in inference mode under
   ``stop_gradient``. ``mixup_alpha > 0``: teacher and student see the same mixed-up
   ``mixup_keys``. ``micro_batches = k``: gradients of k micro-batches averaged before one
-  update. Metrics: the loss, each term, the gradient norm, accuracy (logits and labels).
+  update. ``resample(params, batch, rng) -> batch`` (on-policy distillation): on
+  ``resample_fraction`` of the steps (:func:`is_resampled`) the batch is first replaced by
+  what the student itself generates from it (its current parameters, no gradient); the
+  terms then score that. Metrics: the loss, each term, the gradient norm, accuracy (logits
+  and labels), ``resampled`` (1 on resampled steps).
   """
   resolved = {r.index: r for r in features}
   capture = bool(resolved)
@@ -163,6 +179,14 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
 
   def train_step(state: TrainState, batch: dict, teacher_params: Any = None):
     rng = jax.random.fold_in(state.rng, state.step)
+    resampled = None
+    if resample is not None and resample_fraction > 0:
+      # A branch, not a select: the off-policy steps skip the sampling entirely.
+      resampled = is_resampled(state.step, resample_fraction)
+      params = jax.lax.stop_gradient(state.params)
+      batch = jax.lax.cond(resampled,
+                           lambda b: resample(params, b, jax.random.fold_in(rng, 1 << 20)),
+                           lambda b: b, batch)
     if micro_batches == 1:
       grads, metrics = micro_step(state.params, state.projections, batch, teacher_params, rng)
     else:
@@ -181,6 +205,8 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
       total, _ = jax.lax.scan(body, zeros, (jnp.arange(micro_batches), split))
       grads, metrics = jax.tree.map(lambda t: t / micro_batches, total)
     metrics["grad_norm"] = optax.global_norm(grads)
+    if resampled is not None:
+      metrics["resampled"] = resampled.astype(jnp.float32)
     return state.apply_gradients(grads), metrics
 
   return train_step
@@ -196,19 +222,37 @@ def jit_train_step(train_step, mesh: Mesh, state_shardings: Any, teacher_shardin
                  out_shardings=(state_shardings, repl), donate_argnums=(0,))
 
 
+def top_k(logits: jnp.ndarray, k: int) -> dict:
+  """The ``k`` largest logits (descending; ties: the lower id first) and their ids."""
+  if not 1 <= k <= logits.shape[-1]:
+    raise InputError(f"distill.cache_topk={k} must be in [1, {logits.shape[-1]}] (the "
+                     "teacher's number of classes / vocabulary)")
+  values, indices = jax.lax.top_k(logits, k)
+  return {"topk_values": values, "topk_indices": indices.astype(jnp.int32)}
+
+
 @functools.lru_cache(maxsize=32)
-def _forward(model, outputs: tuple, mesh: Mesh):
-  """One jitted forward per (model, outputs, mesh): repeated predictions reuse compilations."""
-  return jax.jit(lambda p, b: {k: model.apply(p, b)[0][k] for k in outputs},
-                 out_shardings=sharding.replicated(mesh))
+def _forward(model, outputs: tuple, mesh: Mesh, topk: int = 0):
+  """One jitted forward per (model, outputs, mesh, topk): repeated predictions reuse
+  compilations. ``topk``: the logits leave the device as their top k only."""
+  def forward(p, b):
+    out = model.apply(p, b)[0]
+    got = {k: out[k] for k in outputs if not (topk and k == "logits")}
+    return dict(got, **top_k(out["logits"], topk)) if topk else got
+  return jax.jit(forward, out_shardings=sharding.replicated(mesh))
 
 
 def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
-            prepare=lambda batch: batch, outputs: Sequence[str] = ("logits",)) -> dict:
+            prepare=lambda batch: batch, outputs: Sequence[str] = ("logits",),
+            topk: int = 0) -> dict:
   """The model's ``outputs`` for every example of ``arrays`` (numpy, in order), computed in
   sharded, padded batches; every process passes the same arrays and gets all outputs back.
-  ``prepare`` maps each batch before the model sees it (e.g. cutting padding columns)."""
-  forward = _forward(model, tuple(outputs), mesh)
+  ``prepare`` maps each batch before the model sees it (e.g. cutting padding columns).
+  ``topk > 0``: the logits come back as ``topk_values`` and ``topk_indices`` (computed on the
+  device: an LM's (N, L, vocabulary) logits would not fit in memory)."""
+  forward = _forward(model, tuple(outputs), mesh, topk)
+  outputs = [k for k in outputs if not (topk and k == "logits")] + (
+      ["topk_values", "topk_indices"] if topk else [])
   ways = sharding.batch_size_per_step(mesh)
   n = len(next(iter(arrays.values())))
   size = -(-batch_size // ways) * ways

@@ -142,15 +142,36 @@ def test_a_char_level_lm_trains_distils_and_exports_through_main(tmp_path):
   words = "the king and queen shall speak to thee now my lord good night sweet prince".split()
   path = tmp_path / "text.txt"
   path.write_text("\n".join(" ".join(rng.choice(words, 12)) for _ in range(300)))
+  other = tmp_path / "other.txt"
+  other.write_text("to be or not to be that is the question " * 20)
   workdir = tmp_path / "run"
+  # The same run covers on-policy distillation (every other step on the student's own
+  # samples), block-influence pruning and the held-out measures beside perplexity.
   out = command("main", "--config=configs/shakespeare_char.py:smoke",
-                f"--config.data.path={path}", f"--workdir={workdir}")
+                f"--config.data.path={path}", f"--workdir={workdir}",
+                "--config.distill.on_policy.fraction=0.5",
+                "--config.distill.on_policy.prompt_length=4",
+                "--config.student.init.strategy=influence",
+                f"--config.data.other_eval=(('hamlet', '{other}'),)",
+                "--config.data.other_eval_tokens=100",
+                "--config.generate.quality.prompts=3", "--config.generate.quality.steps=5")
   assert out.returncode == 0, out.stderr[-3000:]
   summary = json.loads((workdir / "summary.json").read_text())
   for row in (summary["teacher"], summary["baseline"], summary["student"]):
     assert row["perplexity"] == pytest.approx(np.exp(-row["log_likelihood"]), rel=1e-6)
     assert 1.0 < row["perplexity"] < 30.0               # 26 distinct characters + space, \n
+    assert 1.0 < row["perplexity_hamlet"] < 30.0 and 0.0 < row["sample_nll"] < 4.0
+  assert "kl_teacher" not in summary["teacher"]           # no reference for the teacher itself
+  for row in (summary["baseline"], summary["student"]):
+    assert row["kl_teacher"] > 0.0 and row["train_tokens_per_s"] > 0.0
   assert len(summary["student"]["samples"]) == 2
+  init = summary["student"]["init"]
+  assert init["strategy"] == "influence" and len(init["teacher_layers"]) == 1
+  logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  resampled = {r["step"]: r["resampled"] for r in logged
+               if r.get("phase") == "student" and "resampled" in r}
+  # logged every 2 steps: the value of steps 1, 3, 5 (0-based), all on-policy at 0.5
+  assert resampled == {2: 1.0, 4: 1.0, 6: 1.0}
   export = workdir / "student" / "export"
   assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(os.listdir(export))
   cfg, params = hf_llama.load(str(export))

@@ -31,6 +31,10 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
     assert "student vs teacher cosine" in printed and "of the teacher" in printed
     assert "curves.png" in printed and "model.safetensors" in printed
     assert "offline (or SMOKE): the repository's fixtures" in printed
+  if os.path.basename(path) == "lm_distill.ipynb":     # not minilm_distill.ipynb
+    assert "teacher perplexity" in printed and "pruned (influence_cosine)" in printed
+    assert "pruned (mlp_1024)" in printed and "reused from the teacher" in printed
+    assert "student distilled" in printed and "sample_nll" in printed and "kl_teacher" in printed
   if path.endswith("partition_rules.ipynb"):
     assert "student distilled" in printed     # the registered residual MLP ran through main
 

@@ -199,9 +199,11 @@ def empty_cache(config: LlamaConfig, batch: int, slots: int) -> list:
 
 
 def lm_outputs(logits: jnp.ndarray, batch) -> dict:
-  """The LM's named outputs: ``logits`` and, when the batch has targets ``y``, each target's
-  log-probability ``token_logprob`` (what perplexity needs, without moving the logits)."""
-  out = {"logits": logits}
+  """The LM's named outputs: ``logits``, the greedy ``next_token`` (what label-free agreement
+  compares; unused outputs cost nothing under jit) and, when the batch has targets ``y``, each
+  target's log-probability ``token_logprob`` (what perplexity needs, without moving the
+  logits)."""
+  out = {"logits": logits, "next_token": jnp.argmax(logits, -1).astype(jnp.int32)}
   if "y" in batch:
     out["token_logprob"] = jnp.take_along_axis(jax.nn.log_softmax(logits), batch["y"][..., None],
                                                axis=-1)[..., 0]

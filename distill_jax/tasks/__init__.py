@@ -59,10 +59,20 @@ class Task(abc.ABC):
 
   agreement_output = "logits"      # what agreement compares
 
+  def tokens_per_example(self, data: TaskData) -> int:
+    """Tokens in one training example, for throughput in tokens/s (0: not counted)."""
+    return 0
+
   def agreement(self, student_outputs: np.ndarray, teacher_outputs: np.ndarray) -> float:
     """Label-free: how closely the student follows the teacher (their ``agreement_output`` on
     the same training inputs)."""
     raise InputError(f"task {type(self).__name__} has no label-free agreement score")
+
+  def sampler(self, model, config) -> Callable:
+    """On-policy distillation: ``resample(params, batch, rng) -> batch``, the batch replaced
+    by what ``model`` generates from it (``distill.on_policy``)."""
+    raise InputError(f"distill.on_policy.fraction > 0: task {type(self).__name__} cannot "
+                     "generate training data from its student")
 
   def validation(self, data: TaskData, fraction: float, seed: int) -> TaskData:
     """The data with a validation split carved from its training data as the held-out set."""

@@ -8,6 +8,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
@@ -17,7 +18,9 @@ from distill_jax.files import atomic
 from distill_jax.paths import fingerprint
 from distill_jax.tasks import TASKS, Task, TaskData
 from distill_jax.text import corpus, gguf, hf_llama
-from distill_jax.text.generate import generate
+from distill_jax.text.generate import sample_ids, generate
+
+PROMPT = 16          # tokens of held-out text that prompt each generation-quality sample
 
 
 def split_sequences(batch: dict) -> dict:
@@ -42,6 +45,39 @@ def load_tokenizer(spec: str, text: str) -> tuple[tokenizers.Tokenizer, Optional
                    "tokenizer.json file")
 
 
+@dataclasses.dataclass(frozen=True)
+class WithTeacher:
+  """A student and its teacher as one model for ``train.predict``: each held-out token's
+  student log-probability and KL(teacher || student) of the next-token distributions."""
+  student: Any
+  teacher: Any
+
+  def apply(self, params: tuple, batch: dict, **_) -> tuple[dict, dict]:
+    s_out = self.student.apply(params[0], batch)[0]
+    log_q = jax.nn.log_softmax(s_out["logits"])
+    log_p = jax.nn.log_softmax(self.teacher.apply(params[1], batch)[0]["logits"])
+    return {"token_logprob": s_out["token_logprob"],
+            "token_kl": jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)}, {}
+
+
+def held_out(ids: np.ndarray, text: str, config, count_words: bool) -> dict:
+  """Perplexity windows over held-out token ids and the text's word count (0: per token
+  only)."""
+  d = config.data
+  stride = d.eval_stride or max(d.eval_max_length // 2, 1)
+  return {"windows": corpus.windows(ids, d.eval_max_length, stride),
+          "words": len(text.split()) if count_words else 0}
+
+
+def quality_prompts(held: np.ndarray, count: int) -> np.ndarray:
+  """``count`` prompts of :data:`PROMPT` tokens, evenly spaced through the held-out ids."""
+  if count and len(held) < PROMPT + 1:
+    raise InputError(f"generate.quality: the held-out text has {len(held)} tokens, fewer "
+                     f"than a {PROMPT}-token prompt")
+  starts = np.linspace(0, len(held) - PROMPT - 1, count).astype(int) if count else []
+  return np.stack([held[s:s + PROMPT] for s in starts]) if count else np.zeros((0, PROMPT))
+
+
 class CausalLM(Task):
   metric = "log_likelihood"      # mean held-out log-probability per token (higher is better)
 
@@ -62,7 +98,21 @@ class CausalLM(Task):
       if not tokenizer.encode(p, add_special_tokens=False).ids:
         raise InputError(f"generate.prompts: {p!r} has no token in the tokenizer's vocabulary")
     seqs = corpus.pack(train_ids, d.max_length)
+    if d.train_sequences:
+      if d.train_sequences > len(seqs):
+        raise InputError(f"data.train_sequences={d.train_sequences}: the training text packs "
+                         f"into only {len(seqs)} sequences of {d.max_length} tokens")
+      seqs = seqs[:d.train_sequences]
     stride = d.eval_stride or max(d.eval_max_length // 2, 1)
+    domains, other_ids = {}, []
+    for i, pair in enumerate(d.other_eval):
+      if len(pair) != 2 or not str(pair[0]).isidentifier():
+        raise InputError(f"data.other_eval[{i}]={pair!r}: need (name, path), name a word")
+      other = corpus.read_text(pair[1], f"data.other_eval[{i}]")
+      ids_o = corpus.tokenize(other, tokenizer, d.documents, eos)[-d.other_eval_tokens:]
+      other_ids.append(ids_o)
+      domains[pair[0]] = held_out(ids_o, tokenizer.decode(ids_o.tolist()), config,
+                                  d.tokenizer != "char")
     prompts = [list(map(int, p)) for p in ([tokenizer.encode(s, add_special_tokens=False).ids
                                             for s in config.generate.prompts]
                                            or [held[:16], held[len(held) // 2:][:16]])]
@@ -72,12 +122,15 @@ class CausalLM(Task):
          # per word only for word-level text (WikiText's convention); 0 for characters
          "words": len(held_text.split()) if d.tokenizer != "char" else 0,
          "window": (d.eval_max_length, stride), "tokenizer": tokenizer, "prompts": prompts,
-         "eos": eos},
+         "eos": eos, "domains": domains,
+         "quality": quality_prompts(held, config.generate.quality.prompts)},
         {"vocab_size": tokenizer.get_vocab_size()},
         {"source": d.source, "path": d.path, "eval_path": d.eval_path,
          "tokenizer": corpus.tokenizer_id(tokenizer), "documents": d.documents,
          "max_length": d.max_length, "eval_max_length": d.eval_max_length, "stride": stride,
-         "test_fraction": d.test_fraction, "sha256": fingerprint([ids, held])},
+         "test_fraction": d.test_fraction, "train_sequences": d.train_sequences,
+         "other_eval": [list(p) for p in d.other_eval],
+         "sha256": fingerprint([ids, held] + other_ids)},
         example={"tokens": seqs[:2, :-1], "y": seqs[:2, 1:]}, prepare=split_sequences)
 
   def check(self, config, data) -> None:
@@ -85,15 +138,43 @@ class CausalLM(Task):
         0 < config.generate.top_p <= 1) or config.generate.top_k < 0:
       raise InputError("generate: need steps >= 0, temperature >= 0, top_k >= 0 and "
                        "0 < top_p <= 1")
+    q, o = config.generate.quality, config.distill.on_policy
+    if q.prompts < 0 or q.steps < 0 or q.temperature < 0:
+      raise InputError(f"generate.quality: need prompts >= 0, steps >= 0, temperature >= 0 "
+                       f"(got {q.prompts}, {q.steps}, {q.temperature})")
+    if o.fraction and o.prompt_length >= config.data.max_length:
+      raise InputError(f"distill.on_policy.prompt_length={o.prompt_length} must be below "
+                       f"data.max_length={config.data.max_length}")
+
+  agreement_output = "next_token"
+
+  def tokens_per_example(self, data) -> int:
+    return data.train["seq"].shape[1] - 1
+
+  def agreement(self, student_outputs: np.ndarray, teacher_outputs: np.ndarray) -> float:
+    """Label-free: the fraction of training positions where the greedy next tokens agree."""
+    return float(np.mean(student_outputs == teacher_outputs))
+
+  def reference(self, model, params, data, mesh, config) -> dict:
+    """The teacher itself: fidelity (KL) and sample scores need its distributions."""
+    return {"model": model, "params": params}
 
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
-    w = data.eval["windows"]
-    logprob = train.predict(model, params, {k: w[k] for k in ("tokens", "y")}, mesh,
-                            config.eval_batch_size, outputs=("token_logprob",))["token_logprob"]
-    nll, count = -float(np.sum(logprob * w["weight"])), float(np.sum(w["weight"]))
-    metrics = {"log_likelihood": -nll / count, "perplexity": float(np.exp(nll / count))}
-    if data.eval["words"]:
-      metrics["word_perplexity"] = float(np.exp(nll / data.eval["words"]))
+    """Held-out log-likelihood and perplexity (per token and per word), the same on each
+    ``data.other_eval`` domain; with a ``reference`` teacher, ``kl_teacher`` (mean
+    KL(teacher || model) over the held-out tokens); ``sample_nll``: the mean negative
+    log-likelihood the teacher (without one: the model itself) gives the model's sampled
+    continuations of held-out prompts; samples and generation speed."""
+    metrics = self.perplexity(model, params, data.eval, mesh, config, reference)
+    for name, domain in data.eval["domains"].items():
+      other = self.perplexity(model, params, domain, mesh, config)
+      metrics[f"perplexity_{name}"] = other["perplexity"]
+      if "word_perplexity" in other:
+        metrics[f"word_perplexity_{name}"] = other["word_perplexity"]
+    q = config.generate.quality
+    if len(data.eval["quality"]) and q.steps:
+      metrics["sample_nll"] = self.sample_nll(model, params, data.eval["quality"], mesh, config,
+                                              reference)
     g = config.generate
     if g.steps and jax.process_count() == 1:
       timing = {}
@@ -104,6 +185,57 @@ class CausalLM(Task):
       metrics["samples"] = [tok.decode(p) + " |> " + tok.decode(n)
                             for p, n in zip(data.eval["prompts"], new)]
     return metrics
+
+  def perplexity(self, model, params, held: dict, mesh, config, reference=None) -> dict:
+    """Log-likelihood, perplexity (per token; per word when ``held["words"]``) over
+    ``held["windows"]``, and ``kl_teacher`` against a ``reference``."""
+    w = held["windows"]
+    arrays = {k: w[k] for k in ("tokens", "y")}
+    if reference is None:
+      out = train.predict(model, params, arrays, mesh, config.eval_batch_size,
+                          outputs=("token_logprob",))
+    else:
+      out = train.predict(WithTeacher(model, reference["model"]),
+                          (params, reference["params"]), arrays, mesh, config.eval_batch_size,
+                          outputs=("token_logprob", "token_kl"))
+    weight = w["weight"]
+    nll, count = -float(np.sum(out["token_logprob"] * weight)), float(np.sum(weight))
+    metrics = {"log_likelihood": -nll / count, "perplexity": float(np.exp(nll / count))}
+    if held["words"]:
+      metrics["word_perplexity"] = float(np.exp(nll / held["words"]))
+    if "token_kl" in out:
+      metrics["kl_teacher"] = float(np.sum(out["token_kl"] * weight) / count)
+    return metrics
+
+  def sample_nll(self, model, params, prompts: np.ndarray, mesh, config,
+                 reference=None) -> float:
+    """Mean per-token NLL, under the teacher (else the model), of ``generate.quality.steps``
+    tokens the model samples after each prompt."""
+    q = config.generate.quality
+    new = sample_ids(model.module, params, jnp.asarray(prompts, jnp.int32),
+                    jnp.ones(prompts.shape, jnp.int32), jax.random.PRNGKey(config.seed),
+                    np.float32(q.temperature), np.int32(0), np.float32(1.0), steps=q.steps)
+    full = np.concatenate([prompts, np.asarray(new)], 1).astype(np.int32)
+    scorer, scorer_params = ((reference["model"], reference["params"]) if reference
+                             else (model, params))
+    logprob = train.predict(scorer, scorer_params, {"tokens": full[:, :-1], "y": full[:, 1:]},
+                            mesh, config.eval_batch_size, outputs=("token_logprob",))
+    return -float(np.mean(logprob["token_logprob"][:, PROMPT - 1:]))
+
+  def sampler(self, model, config):
+    """Training sequences replaced by the student's continuations of their first
+    ``distill.on_policy.prompt_length`` tokens (key/value cache, one jitted scan)."""
+    o = config.distill.on_policy
+
+    def resample(params, batch, rng):
+      seq = jnp.concatenate([batch["tokens"], batch["y"][:, -1:]], axis=1)
+      prompt = seq[:, :o.prompt_length]
+      new = sample_ids(model.module, params, prompt, jnp.ones_like(prompt), rng,
+                      jnp.float32(o.temperature), jnp.int32(o.top_k), jnp.float32(o.top_p),
+                      steps=seq.shape[1] - o.prompt_length)
+      full = jnp.concatenate([prompt, new.astype(seq.dtype)], axis=1)
+      return dict(batch, tokens=full[:, :-1], y=full[:, 1:])
+    return resample
 
   def validation(self, data, fraction, seed) -> TaskData:
     """The last ``fraction`` of the training sequences, as held-out text (contiguous, like
@@ -117,7 +249,8 @@ class CausalLM(Task):
     words = data.eval["words"] and len(data.eval["tokenizer"].decode(held.tolist()).split())
     return dataclasses.replace(
         data, name=f"{data.name}[val]", train={"seq": seqs[:cut]},
-        eval={**data.eval, "windows": corpus.windows(held, *data.eval["window"]), "words": words},
+        eval={**data.eval, "windows": corpus.windows(held, *data.eval["window"]), "words": words,
+              "quality": quality_prompts(held, len(data.eval["quality"]))},
         identity=dict(data.identity, validation=fraction))
 
   def pretrained(self, spec: str) -> Optional[tuple[dict, Any]]:

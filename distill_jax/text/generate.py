@@ -30,7 +30,10 @@ def filter_logits(logits: jnp.ndarray, temperature, top_k, top_p) -> jnp.ndarray
 
 
 @functools.partial(jax.jit, static_argnames=("module", "steps"))
-def _generate(module, params, tokens, mask, rng, temperature, top_k, top_p, *, steps: int):
+def sample_ids(module, params, tokens, mask, rng, temperature, top_k, top_p, *, steps: int):
+  """``steps`` new ids (B, steps) after prompts ``tokens`` (B, P; ``mask`` 1 on real tokens,
+  left padding 0) of the linen ``module``: jitted, and traceable inside another jitted function
+  (on-policy distillation samples inside the train step)."""
   batch, prompt = tokens.shape
   cache = empty_cache(module.config, batch, prompt + steps)
   key_mask = jnp.concatenate([mask, jnp.zeros((batch, steps), mask.dtype)], axis=1)
@@ -67,7 +70,7 @@ def _abstract(x):
 def _compiled(module, steps: int, treedef, leaves: tuple):
   """The generation program, compiled ahead of time for these argument shapes (so a timing
   never includes compilation)."""
-  return _generate.lower(module, *jax.tree.unflatten(treedef, leaves), steps=steps).compile()
+  return sample_ids.lower(module, *jax.tree.unflatten(treedef, leaves), steps=steps).compile()
 
 
 def generate(model, params: Any, prompts: Sequence[Sequence[int]], steps: int,
