@@ -60,6 +60,16 @@ def model_flops(student: LlamaConfig, teacher: LlamaConfig, batch: int,
   return float(dense), float(attention)
 
 
+def compile_step(step, state, batch, teacher_params) -> tuple:
+  """``(compiled step (state donated), seconds to compile, FLOPs XLA executes per step)``."""
+  start = time.perf_counter()
+  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, teacher_params).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return compiled, seconds, float((cost or {}).get("flops", 0.0))
+
+
 def parse_args() -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,12 +119,7 @@ def main() -> None:
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({device.platform}), {jax.device_count()} device(s), "
         f"jax {jax.__version__}; dtype {args.dtype}, batch {args.batch} x {args.length} tokens")
-  start = time.perf_counter()
-  compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, tparams).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  executed = float((cost or {}).get("flops", 0.0))
+  compiled, compile_s, executed = compile_step(step, state, batch, tparams)
 
   for _ in range(3):                              # warm-up
     state, metrics = compiled(state, batch, tparams)
