@@ -5,12 +5,14 @@ the job use it; so do search, sweep, the benchmarks and the tests.
 import copy
 import dataclasses
 import itertools
+import json
 import os
 import time
 import zlib
 from typing import Any, Optional, Sequence
 
 import jax
+import numpy as np
 
 from distill_jax import features as features_lib
 from distill_jax import losses, models, plans, recombine, sharding, teacher_cache, train
@@ -332,8 +334,6 @@ def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
 def speed(run: Run, phase: str, seconds: float) -> dict:
   """A training phase's wall time and its median logged throughput (the first log, which
   includes compilation, left out) in examples/s and, where the task counts them, tokens/s."""
-  import json
-  import numpy as np
   rates = []
   try:
     with open(os.path.join(run.workdir, "metrics.jsonl")) as f:

@@ -60,12 +60,10 @@ class WithTeacher:
             "token_kl": jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1)}, {}
 
 
-def held_out(ids: np.ndarray, text: str, config, count_words: bool) -> dict:
-  """Perplexity windows over held-out token ids and the text's word count (0: per token
-  only)."""
-  d = config.data
-  stride = d.eval_stride or max(d.eval_max_length // 2, 1)
-  return {"windows": corpus.windows(ids, d.eval_max_length, stride),
+def held_out(ids: np.ndarray, text: str, window: tuple[int, int], count_words: bool) -> dict:
+  """Perplexity windows ``(length, stride)`` over held-out token ids and the text's word count
+  (per word only for word-level text, WikiText's convention; 0: per token only)."""
+  return {"windows": corpus.windows(ids, *window),
           "words": len(text.split()) if count_words else 0}
 
 
@@ -104,6 +102,7 @@ class CausalLM(Task):
                          f"into only {len(seqs)} sequences of {d.max_length} tokens")
       seqs = seqs[:d.train_sequences]
     stride = d.eval_stride or max(d.eval_max_length // 2, 1)
+    window, word_level = (d.eval_max_length, stride), d.tokenizer != "char"
     domains, other_ids = {}, []
     for i, pair in enumerate(d.other_eval):
       if len(pair) != 2 or not str(pair[0]).isidentifier():
@@ -111,17 +110,14 @@ class CausalLM(Task):
       other = corpus.read_text(pair[1], f"data.other_eval[{i}]")
       ids_o = corpus.tokenize(other, tokenizer, d.documents, eos)[-d.other_eval_tokens:]
       other_ids.append(ids_o)
-      domains[pair[0]] = held_out(ids_o, tokenizer.decode(ids_o.tolist()), config,
-                                  d.tokenizer != "char")
+      domains[pair[0]] = held_out(ids_o, tokenizer.decode(ids_o.tolist()), window, word_level)
     prompts = [list(map(int, p)) for p in ([tokenizer.encode(s, add_special_tokens=False).ids
                                             for s in config.generate.prompts]
                                            or [held[:16], held[len(held) // 2:][:16]])]
     return TaskData(
         os.path.basename(d.path), {"seq": seqs},
-        {"windows": corpus.windows(held, d.eval_max_length, stride),
-         # per word only for word-level text (WikiText's convention); 0 for characters
-         "words": len(held_text.split()) if d.tokenizer != "char" else 0,
-         "window": (d.eval_max_length, stride), "tokenizer": tokenizer, "prompts": prompts,
+        {**held_out(held, held_text, window, word_level),
+         "window": window, "tokenizer": tokenizer, "prompts": prompts,
          "eos": eos, "domains": domains,
          "quality": quality_prompts(held, config.generate.quality.prompts)},
         {"vocab_size": tokenizer.get_vocab_size()},
