@@ -170,9 +170,14 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
   init = config.student.init
   sparams = zeros_like_init(student, data)
   check_sizes(sparams, "student.model")
-  context = recombine.Context(teacher, tparams, dict(data.example), None, student)
-  _, report = recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,
-                                  context=context, **dict(init.get(init.strategy, {})))
+  if init.strategy == "blockwise" or student.name.endswith("_stitched"):
+    from distill_jax import blockwise
+    blockwise.check(config, student, teacher)
+    report = {}
+  else:
+    context = recombine.Context(teacher, tparams, dict(data.example), None, student)
+    _, report = recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,
+                                    context=context, **dict(init.get(init.strategy, {})))
   if init_only:
     return
   distill = terms["distill.terms"]

@@ -61,7 +61,8 @@ def defaults() -> ml_collections.ConfigDict:
   c.student = dict(
       model=dict(name="mlp"), steps=1000, learning_rate=1e-3, mixup=0.0,
       frozen=(),                    # regexes of parameters that get no updates
-      init=dict(strategy="random",  # random|select|average|similarity|width|influence|prune
+      # random|select|average|similarity|width|influence|prune|blockwise
+      init=dict(strategy="random",
                 rules=(("depth", r"Dense_(\d+)"),),
                 num_examples=512,   # training inputs for data-driven strategies (CKA, ...)
                 random={}, select=dict(layers=(), every=0), average={},
@@ -75,7 +76,27 @@ def defaults() -> ml_collections.ConfigDict:
                 # layers (select).
                 choose=dict(by="", num_examples=1000, plans=()),
                 # Plans scored on held-out data right after initialisation, for the report.
-                compare=()))
+                compare=(),
+                # strategy "blockwise" (student.model: "<family>_stitched" with blocks=(spec,
+                # ...)): each block trained alone on the teacher's activations, then stitched
+                # (docs/blockwise.md).
+                blockwise=dict(
+                    blocks=(),        # teacher layers of each block; (): even consecutive runs
+                    steps=500, learning_rate=1e-3,
+                    terms=(("block", 1.0, {"term": "hint"}),),
+                    init="teacher",   # block layers from the teacher layer they are shaped
+                                      # like (narrower: its leading rows/columns) | "random"
+                    cache=False,      # teacher activations: cached once (keyed) | on the fly
+                    only=-1,          # >= 0: train only that block (a separate job), then stop
+                    dir="",           # the block jobs' directory ("": WORKDIR/blocks)
+                    stitch=False,     # a least-squares linear stitch after each block but last
+                    # Train, evaluate and export the assembled student as the family's own
+                    # model (no stitches, layers it can express): standard exports (HF
+                    # layout), an LM's generation. Its features are then named as the family's.
+                    plain=False,
+                    # Puzzle-style assembly: every variant of every block trained and scored,
+                    # then the best combination within `budget` parameters (0: off).
+                    variants=(), budget=0)))
   c.distill = dict(
       terms=HINTON,                 # (registered term, weight, options)
       teacher_dtype="float32",      # "bfloat16": the teacher's forward pass in bf16

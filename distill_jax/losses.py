@@ -344,3 +344,17 @@ def relation(teacher: jnp.ndarray, student: jnp.ndarray, mask=None,
   log_t, log_s = relation_log_probs(teacher, mask, heads), relation_log_probs(student, mask, heads)
   kl = jnp.sum(jnp.exp(log_t) * (log_t - log_s), -1).mean(1)       # (B, L)
   return masked_mean(kl, mask)
+
+
+@term("block", reads=("hidden",), teacher=False)
+def block(student: dict, teacher: Any, batch: dict, term: str = "hint") -> jnp.ndarray:
+  """Blockwise training (docs/blockwise.md): the registered feature term ``term`` between the
+  teacher's hidden state leaving the block (``batch["block_out"]``) and the student block's
+  (``hidden``), over the real tokens when the term takes a mask."""
+  t = TERMS.get(term)
+  if not t.features:
+    raise InputError(f"term 'block': option term={term!r} is not a feature term; use one of "
+                     f"{[n for n in TERMS.names() if TERMS.get(n).features]}")
+  if t.masked:
+    return t.fn(batch["block_out"], student["hidden"], mask=student.get("token_mask"))
+  return t.fn(batch["block_out"], student["hidden"])

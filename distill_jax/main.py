@@ -21,6 +21,8 @@ def run_job(config, workdir: str, checked: Optional[Checked] = None) -> dict:
   checked = checked or check(config)
   run = runner.start(config, workdir, checked.data)
   teacher, teacher_params = runner.get_teacher(run, checked.teacher)
+  if config.student.init.strategy == "blockwise" and config.student.init.blockwise.only >= 0:
+    return block_job(run, teacher, teacher_params, start)
   reference = run.task.reference(teacher, teacher_params, run.data, run.mesh, config)
   summary = {"task": config.task, "data": run.data.name, "metric": run.task.metric,
              "teacher": runner.summary_row(run, teacher, teacher_params)}
@@ -36,6 +38,24 @@ def run_job(config, workdir: str, checked: Optional[Checked] = None) -> dict:
   print(format_summary(summary))
   print(f"wall time {summary['wall_seconds']:.0f} s on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s); summary in {workdir}/summary.json")
+  return summary
+
+
+def block_job(run, teacher, teacher_params, start: float) -> dict:
+  """``student.init.blockwise.only=j``: train block ``j`` (each variant, with a budget) and
+  stop; the job that assembles the student reuses it from ``blockwise.dir``."""
+  from distill_jax import blockwise
+  from distill_jax.paths import count_params
+  j = run.config.student.init.blockwise.only
+  student = runner.student_model(run.config, run.data, teacher)
+  trained = blockwise.train_only(run, student, teacher, teacher_params, j)
+  summary = {"task": run.config.task, "block": j,
+             "variants": {spec: count_params(p) for spec, p in trained.items()},
+             "wall_seconds": time.time() - start}
+  if jax.process_index() == 0:
+    write_json(os.path.join(run.workdir, "summary.json"), summary)
+  sizes = ", ".join(f"{spec}: {n:,} params" for spec, n in summary["variants"].items())
+  print(f"block {j} trained ({sizes}) in {summary['wall_seconds']:.0f} s")
   return summary
 
 

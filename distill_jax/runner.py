@@ -203,7 +203,10 @@ def get_teacher(run: Run, loaded: Optional[tuple] = None) -> tuple[Any, Any]:
 def student_model(config, data: TaskData, teacher) -> Any:
   """``student.model``; a student of the teacher's family starts from the teacher's fields."""
   fields = dict(config.student.model)
-  if fields["name"] == teacher.name:
+  if fields["name"] == f"{teacher.name}_stitched":
+    from distill_jax.blockwise import student_fields
+    fields = student_fields(config, teacher)
+  elif fields["name"] == teacher.name:
     fields = {**teacher.config, **fields}
   return models.build(fields, data.info)
 
@@ -215,6 +218,12 @@ def init_student(run: Run, student, teacher, teacher_params: Any,
   """Fresh student parameters, then ``student.init``'s recombination of the teacher into them;
   returns them and the accounting (written to the workdir when ``write``)."""
   init = run.config.student.init
+  if init.strategy == "blockwise":
+    from distill_jax import blockwise
+    params, report = blockwise.assemble(run, student, teacher, teacher_params)
+    if write and jax.process_index() == 0:
+      write_accounting(report, run.workdir)
+    return params, report
   fresh = student.init(key(run.config, 1), dict(run.data.example))
   sample = run.data.rows(slice(0, init.num_examples))
   context = recombine.Context(teacher, teacher_params, sample, run.workdir if write else None,
@@ -299,6 +308,10 @@ def distill(run: Run, student, params: Any, teacher, teacher_params: Any,
 def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
                  write: bool = True) -> dict:
   """Build, choose, initialise, distil, evaluate (and, when ``write``, export) the student."""
+  assembly = {}
+  if run.config.student.init.strategy == "blockwise":   # blocks chosen under a budget
+    from distill_jax import blockwise
+    run, assembly = blockwise.plan(run, teacher, teacher_params)
   student = student_model(run.config, run.data, teacher)
   teacher_id = fingerprint(teacher_params)
   run, choice = choose_init(run, student, teacher, teacher_params, teacher_id)
@@ -310,6 +323,9 @@ def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
                                        **run.evaluator(student, reference)(params),
                                        "reused_params": report["reused_params"]})}
   params, report = init_student(run, student, teacher, teacher_params, write)
+  if run.config.student.init.strategy == "blockwise" and run.config.student.init.blockwise.plain:
+    from distill_jax.blockwise import as_plain
+    student, params = as_plain(student, params, run.data)
   if write:
     print(format_accounting(report))
   evaluate = run.evaluator(student, reference)
@@ -324,6 +340,8 @@ def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
   if write:
     row["export"] = export(run, "student", student, params)
   out = {"student": row}
+  if assembly:
+    out["assembly"] = assembly
   if choice:
     out["init_choice"] = choice
   if compared:

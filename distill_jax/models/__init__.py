@@ -126,4 +126,7 @@ MODELS.register("llama")(Family(
         {"vocab_size": info["vocab_size"], **fields} if "vocab_size" in info else fields)),
     inputs=("tokens",), outputs=_llama.lm_outputs, fields=lambda module: module.config.to_dict()))
 
+# Stack views (blockwise training, stitching) and the "<family>_stitched"/"_block" models.
+from distill_jax.models import stack as _stack  # noqa: E402,F401
+
 __all__ = ["MODELS", "Family", "Model", "build", "linen", "feature_dict", "MLP", "CNN", "GRU"]
