@@ -36,7 +36,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   b = c.student.init.blockwise
   b.blocks = ((0, 1, 2, 3, 4), (5, 6, 7, 8))
   b.steps, b.learning_rate, b.cache = 500, 1e-3, True
-  c.student.steps = 1000
+  if arg != "smoke":
+    c.student.steps = 1000
   three = {"student.init.blockwise.blocks": THREE}
   budget = lambda n: blockwise(("keep",) * 3, **three, **{
       "student.init.blockwise.variants": VARIANTS, "student.init.blockwise.budget": n})
