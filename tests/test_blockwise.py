@@ -108,6 +108,27 @@ def test_model_stitching_a_model_to_itself_is_the_identity():
   np.testing.assert_allclose(out, model.apply(params, sample)[0]["logits"], atol=1e-3)
 
 
+def test_a_stitch_joins_models_of_different_widths():
+  """B's first layer is A's first two units (same weights), so B's hidden state at the cut is
+  an exact linear image of A's: the least-squares stitch recovers it and the stitched model
+  gives B's outputs."""
+  a, a_params = _teacher(hidden=(4, 6))
+  b, b_params = _teacher(seed=5, hidden=(2, 6))
+  b_params = dict(b_params, Dense_0={"kernel": a_params["Dense_0"]["kernel"][:, :2],
+                                     "bias": a_params["Dense_0"]["bias"][:2]})
+  ta, tb = _stack(a, a_params), _stack(b, b_params)
+  sample = {"x": np.random.default_rng(2).normal(size=(256, 64)).astype(np.float32)}
+  module, params = blockwise.stitch_models(ta, tb, 1, sample)
+  assert params["stitch_0"]["kernel"].shape == (4, 2)
+  stitched = models.build({"name": "mlp_stitched", "base": ta.base, "blocks": ["keep"] * 2,
+                           "groups": [[0], [1]], "stitch": [True, False],
+                           "bases": [ta.base, tb.base]}, {"num_classes": 10})
+  np.testing.assert_allclose(stitched.apply(params, sample)[0]["logits"],
+                             b.apply(b_params, sample)[0]["logits"], atol=1e-4)
+  np.testing.assert_allclose(module.apply({"params": params}, sample["x"]),
+                             b.apply(b_params, sample)[0]["logits"], atol=1e-4)
+
+
 def test_budgeted_choice_equals_brute_force():
   rng = np.random.default_rng(0)
   for trial in range(20):

@@ -1,5 +1,5 @@
 r"""Model stitching (Bansal et al. 2021): model A's stem and first ``cut`` layers, a linear
-stitch, then model B's layers from ``cut`` on and its head. The stitch starts from least
+stitch, then model B's layers from ``cut`` on and its head (B may be of another width). The stitch starts from least
 squares on training activations, then trains alone (everything else frozen); the stitching
 penalty is B's held-out score minus the stitched model's.
 
@@ -44,8 +44,10 @@ def stitching(config, workdir: str, checked: Optional[Checked] = None) -> dict:
     _, params = stitch_models(ta, tb, cut, sample)
     model = models.build({"name": f"{ta.family}_stitched", "base": ta.base,
                           "blocks": ["keep", "keep"],
-                          "groups": [list(range(cut)), list(range(cut, ta.depth))],
-                          "stitch": [True, False]}, info)
+                          "groups": [list(range(cut)), list(range(cut, tb.depth))],
+                          "stitch": [True, False],
+                          **({"bases": [ta.base, tb.base]} if ta.base != tb.base else {})},
+                         info)
     least_squares = score(model, params)
     recipe = ml_collections.ConfigDict(dict(steps=s.steps, learning_rate=s.learning_rate,
                                             mixup=0.0, frozen=(r"(?!stitch_).*",)))

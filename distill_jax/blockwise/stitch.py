@@ -68,22 +68,25 @@ def fit_stitches(student, params: dict, t, groups: Sequence[Sequence[int]], samp
 def stitch_models(t_a, t_b, cut: int, sample: dict) -> tuple:
   """Model stitching: ``(module, params)`` of model A's stem and layers ``< cut``, a linear
   stitch, then model B's layers ``>= cut`` and head (A and B: :class:`layout.Teacher` views of
-  two models of one architecture, e.g. two seeds). The stitch is fitted by least squares from
-  A's hidden state at the cut to B's on ``sample``; train it further with everything else
-  frozen (``frozen=(r"(?!stitch_).*",)``). A head tied to the stem's embedding (Llama) reads
-  A's embedding."""
-  depth = t_a.depth
-  if t_b.depth != depth or not 0 < cut < depth:
-    raise InputError(f"stitching needs two models of one depth and 0 < cut < depth; got depths "
-                     f"{t_a.depth}, {t_b.depth} and cut {cut}")
-  groups = (tuple(range(cut)), tuple(range(cut, depth)))
-  module = Stitched(t_a.family, frozen_base(t_a.base), ("keep", "keep"), groups, (True, False))
+  two models of one family, e.g. two seeds, or two widths). The stitch maps A's hidden state at
+  the cut to B's (their widths may differ) and is fitted by least squares on ``sample``; train
+  it further with everything else frozen (``frozen=(r"(?!stitch_).*",)``). A head tied to the
+  stem's embedding (Llama) reads A's embedding, so tied models must share a width."""
+  if t_a.family != t_b.family or not (0 < cut < t_a.depth and cut < t_b.depth):
+    raise InputError(f"stitching needs two models of one family and 0 < cut < both depths; got "
+                     f"{t_a.family} ({t_a.depth} layers), {t_b.family} ({t_b.depth} layers), cut "
+                     f"{cut}")
+  groups = (tuple(range(cut)), tuple(range(cut, t_b.depth)))
+  bases = () if t_a.base == t_b.base else (frozen_base(t_a.base), frozen_base(t_b.base))
+  module = Stitched(t_a.family, frozen_base(t_a.base), ("keep", "keep"), groups, (True, False),
+                    bases)
   inputs = [sample[k] for k in t_a.view.inputs]
   mask = sample.get(t_a.view.mask_key) if t_a.view.mask_key else None
   at_cut = lambda t: (lambda m, p: m.apply({"params": p}, *inputs, boundaries=True)[1])(
-      *as_stitched(t, groups, head=False))
+      *as_stitched(t, (tuple(range(cut)),), head=False))
   w, b = least_squares(rows(at_cut(t_a), mask), rows(at_cut(t_b), mask))
   head = {k: v for k, v in stem_and_head(t_b).items() if k not in t_b.view.stem_names}
-  params = {**{n: t_a.params[n] for n in t_a.view.stem_names}, "block_0": kept(t_a, groups[0]),
-            "stitch_0": {"kernel": w, "bias": b}, "block_1": kept(t_b, groups[1]), **head}
+  params = {**{n: t_a.params[n] for n in t_a.view.stem_names},
+            "block_0": kept(t_a, groups[0]), "stitch_0": {"kernel": w, "bias": b},
+            "block_1": kept(t_b, groups[1]), **head}
   return module, params

@@ -99,12 +99,19 @@ class Blocks(nn.Module):
 
 class Stitched(nn.Module):
   """stem -> block_0 [-> stitch_0] -> block_1 ... -> head. ``boundaries=True``: the hidden
-  states entering each block and leaving the last one (no head)."""
+  states entering each block and leaving the last one (no head). ``bases`` (optional, one per
+  block; empty: ``base``) lets blocks come from models of other widths (model stitching); the
+  head then follows the last block's base, and a stitch maps to the width the next block
+  expects."""
   family: str
   base: tuple
   blocks: tuple
   groups: tuple
   stitch: tuple = ()
+  bases: tuple = ()
+
+  def base_of(self, j: int) -> tuple:
+    return self.bases[j] if j < len(self.bases) and self.bases[j] else self.base
 
   @nn.compact
   def __call__(self, *inputs, train: bool = False, boundaries: bool = False):
@@ -114,14 +121,16 @@ class Stitched(nn.Module):
     ctx = view.context(base, batch, h)
     seen = [h]
     for j, spec in enumerate(self.blocks):
-      h = Blocks(self.family, self.base, spec, tuple(self.groups[j]), name=f"block_{j}")(
+      h = Blocks(self.family, self.base_of(j), spec, tuple(self.groups[j]), name=f"block_{j}")(
           h, ctx, train)
       if j < len(self.stitch) and self.stitch[j]:
-        h = nn.Dense(h.shape[-1], name=f"stitch_{j}")(h)
+        nxt = self.groups[j + 1][0] if j + 1 < len(self.groups) else None
+        width = (view.width(dict(self.base_of(j + 1)), nxt - 1) if nxt else h.shape[-1])
+        h = nn.Dense(width, name=f"stitch_{j}")(h)
       seen.append(h)
     if boundaries:
       return seen
-    return view.head(base, h, shared, train)
+    return view.head(dict(self.base_of(len(self.blocks) - 1)), h, shared, train)
 
 
 class Block(nn.Module):
@@ -150,7 +159,7 @@ def _lists(v: Any) -> Any:
 
 def _stitched_family(name: str, view: StackView, family: Family) -> Family:
   def make(fields: dict, info: Mapping[str, Any]):
-    known = {"base", "blocks", "groups", "stitch"}
+    known = {"base", "blocks", "groups", "stitch", "bases"}
     if set(fields) - known or not {"base", "blocks", "groups"} <= set(fields):
       raise InputError(f"model {name}_stitched takes fields {sorted(known)} (base, blocks and "
                        f"groups required); got {sorted(fields)}")
@@ -161,10 +170,17 @@ def _stitched_family(name: str, view: StackView, family: Family) -> Family:
       parse_block(spec)
     return Stitched(name, frozen_base(resolve(name, fields["base"], info)),
                     tuple(fields["blocks"]), tuple(tuple(g) for g in fields["groups"]),
-                    tuple(bool(s) for s in fields.get("stitch", ())))
-  return Family(make, inputs=view.inputs, outputs=family.outputs,
-                fields=lambda m: {"base": unresolve(dict(m.base)), "blocks": list(m.blocks),
-                                  "groups": _lists(m.groups), "stitch": list(m.stitch)})
+                    tuple(bool(s) for s in fields.get("stitch", ())),
+                    tuple(frozen_base(resolve(name, b, info)) if b else ()
+                          for b in fields.get("bases", ())))
+
+  def fields(m) -> dict:
+    out = {"base": unresolve(dict(m.base)), "blocks": list(m.blocks),
+           "groups": _lists(m.groups), "stitch": list(m.stitch)}
+    if m.bases:
+      out["bases"] = [unresolve(dict(b)) if b else None for b in m.bases]
+    return out
+  return Family(make, inputs=view.inputs, outputs=family.outputs, fields=fields)
 
 
 def _block_family(name: str, view: StackView) -> Family:
@@ -218,7 +234,7 @@ def plain(fields: Mapping[str, Any], params: Optional[dict] = None) -> Optional[
   None when not given), else None. Its exports then take the family's standard layout, and
   what needs the family's module (an LM's key/value-cache generation) works."""
   name = family_of(fields["name"])
-  if name is None or any(fields.get("stitch", ())):
+  if name is None or any(fields.get("stitch", ())) or any(fields.get("bases", ()) or ()):
     return None
   view, base = STACKS.get(name), {k: v for k, v in dict(fields["base"]).items()}
   layers = [layer for spec, group in zip(fields["blocks"], fields["groups"])
