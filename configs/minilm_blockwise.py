@@ -24,20 +24,23 @@ from distill_jax.config import sibling
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   c = sibling(__file__, "minilm_l6_to_l3.py", arg)
+  # no dropout, as the select student of minilm_l6_to_l3.py (the teacher's config has 0.1)
   c.student.model = ml_collections.ConfigDict(dict(name="bert_stitched",
-                                                   blocks=("layers=1",) * 3))
+                                                   blocks=("layers=1",) * 3,
+                                                   hidden_dropout=0.0, attention_dropout=0.0))
   c.student.init.strategy = "blockwise"
   c.student.init.choose.by = ""
   c.student.init.compare = ()
   b = c.student.init.blockwise
   b.steps, b.learning_rate = 200, 1e-4
   c.student.steps = 200
-  # The student's features are its blocks' outputs: block j matches the teacher's layer at
-  # the end of its pair.
+  # The assembled student is a plain 3-layer BERT (its export has the HF layout); its layer j
+  # matches the teacher's layer at the end of its pair.
+  b.plain = True
   c.distill.terms = (("embedding_mse", 1.0, {}), ("embedding_cosine", 10.0, {}),
-                     ("hint", 1.0, {"pairs": (("encoder/layer_1", "block_0"),
-                                              ("encoder/layer_3", "block_1"),
-                                              ("encoder/layer_5", "block_2"))}))
+                     ("hint", 1.0, {"pairs": (("encoder/layer_1", "encoder/layer_0"),
+                                              ("encoder/layer_3", "encoder/layer_1"),
+                                              ("encoder/layer_5", "encoder/layer_2"))}))
   if arg == "smoke":
     b.steps = 4
     c.student.steps = 4

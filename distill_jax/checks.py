@@ -174,6 +174,9 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
     from distill_jax import blockwise
     blockwise.check(config, student, teacher)
     report = {}
+    if init.strategy == "blockwise" and init.blockwise.plain:   # what trains after the init
+      student = blockwise.as_plain(student, sparams, data)[0]
+      sparams = zeros_like_init(student, data)
   else:
     context = recombine.Context(teacher, tparams, dict(data.example), None, student)
     _, report = recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,

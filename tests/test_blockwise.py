@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distill_jax import blockwise, models, runner
-from distill_jax.blockwise import layout
+from distill_jax.blockwise import jobs, layout
 from distill_jax.errors import InputError
 from distill_jax.main import run_job
 from helpers import toy_config, toy_data
@@ -247,3 +247,17 @@ def test_a_stitched_student_without_stitches_is_the_familys_own_model(family):
   np.testing.assert_allclose(model.apply(own, batch)[0][key],
                              stitched.apply(params, batch)[0][key], rtol=1e-5, atol=1e-5)
   assert plain(dict(stitched.config, stitch=[True, False, False])) is None
+
+
+def test_the_students_own_fields_override_the_teachers_and_key_its_blocks(tmp_path):
+  teacher, tparams = _teacher()
+  plain_config = _config(tmp_path)
+  own = _config(tmp_path, **{"student.model": {"name": "mlp_stitched", "blocks": ("layers=1",) * 2,
+                                               "dropout": 0.3}})
+  fields = blockwise.student_fields(own, teacher)
+  assert fields["base"]["dropout"] == 0.3 and fields["base"]["hidden"] == list(HIDDEN)
+  assert blockwise.student_fields(plain_config, teacher)["base"]["dropout"] == 0.0
+  keys = [jobs.block_key(runner.start(c, str(tmp_path / "w"), toy_data(), metrics=False),
+                         _stack(teacher, tparams), [(0, 1), (2, 3)], 0, "layers=1")
+          for c in (plain_config, own)]
+  assert keys[0] != keys[1]

@@ -42,7 +42,8 @@ def block_key(run, t: layout.Teacher, groups: Sequence[Sequence[int]], j: int, s
   return fingerprint({"teacher": t.id, "data": str(sorted(dict(run.data.identity).items())),
                       "groups": str([list(g) for g in groups]), "j": str(j), "spec": spec,
                       "recipe": str((b.steps, b.learning_rate, list(map(list, b.terms)), b.init,
-                                     b.cache, c.seed, c.batch_size))})
+                                     b.cache, c.seed, c.batch_size)),
+                      "student": str(sorted(overrides(c).items()))})
 
 
 def train_block(run, t: layout.Teacher, groups: Sequence[Sequence[int]], j: int,
@@ -60,7 +61,7 @@ def train_block(run, t: layout.Teacher, groups: Sequence[Sequence[int]], j: int,
   data = layout.block_data(run.data, t, groups, j,
                            os.path.join(directory, phase, "activations") if b.cache else None,
                            run.config.eval_batch_size)
-  model = layout.block_model(t, spec, groups[j], dict(run.data.info))
+  model = layout.block_model(t, spec, groups[j], dict(run.data.info), overrides(run.config))
   params = layout.init_block(t, model, groups[j], dict(data.example),
                              runner.key(run.config, phase), b.init == "teacher")
   recipe = ml_collections.ConfigDict(dict(steps=b.steps, learning_rate=b.learning_rate,
@@ -71,10 +72,19 @@ def train_block(run, t: layout.Teacher, groups: Sequence[Sequence[int]], j: int,
   return runner.train_phase(sub, phase, model, params, recipe, list(b.terms))["block"]
 
 
+STITCHED_FIELDS = ("name", "blocks", "stitch", "bases")
+
+
+def overrides(config) -> dict:
+  """The student's own fields over the teacher's (e.g. ``hidden_dropout=0.0``): every key of a
+  ``<family>_stitched`` ``student.model`` besides its blocks."""
+  return {k: v for k, v in dict(config.student.model).items() if k not in STITCHED_FIELDS}
+
+
 def student_fields(config, teacher) -> dict:
-  """``student.model`` of a ``<family>_stitched`` student with the teacher's base fields and
-  its blocks' teacher layers filled in."""
-  fields = dict(config.student.model)
+  """``student.model`` of a ``<family>_stitched`` student: the teacher's fields with the
+  student's own over them as its base, and its blocks' teacher layers."""
+  fields = {k: v for k, v in dict(config.student.model).items() if k in STITCHED_FIELDS}
   depth = layout.STACKS.get(teacher.name).num_layers(
       {k: v for k, v in teacher.config.items() if k != "name"})
   blocks = list(fields.get("blocks", ()))
@@ -83,8 +93,8 @@ def student_fields(config, teacher) -> dict:
                      "one per block ('keep', 'drop', 'layers=N[,field=int]')")
   groups = layout.groups(settings(config).blocks, depth, len(blocks))
   stitch = [bool(settings(config).stitch)] * (len(blocks) - 1) + [False]
-  return {**fields, "base": {k: v for k, v in teacher.config.items() if k != "name"},
-          "blocks": blocks, "groups": [list(g) for g in groups], "stitch": stitch}
+  base = {**{k: v for k, v in teacher.config.items() if k != "name"}, **overrides(config)}
+  return {**fields, "base": base, "blocks": blocks, "groups": [list(g) for g in groups], "stitch": stitch}
 
 
 def assemble(run, student, teacher, teacher_params: Any) -> tuple[Any, dict]:

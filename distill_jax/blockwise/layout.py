@@ -141,10 +141,12 @@ def block_data(data: TaskData, t: Teacher, block_groups: Sequence[Sequence[int]]
                              identity=identity, mixup_keys=(), prepare=lambda batch: batch)
 
 
-def block_model(t: Teacher, spec: str, group: Sequence[int], info: dict):
-  """The ``<family>_block`` model of one block variant."""
-  return models.build({"name": f"{t.family}_block", "base": t.base, "spec": spec,
-                       "group": list(group)}, info)
+def block_model(t: Teacher, spec: str, group: Sequence[int], info: dict,
+                overrides: Optional[dict] = None):
+  """The ``<family>_block`` model of one block variant (the student's ``overrides`` of the
+  teacher's fields, e.g. its dropout, applied)."""
+  return models.build({"name": f"{t.family}_block", "base": {**t.base, **(overrides or {})},
+                       "spec": spec, "group": list(group)}, info)
 
 
 def init_block(t: Teacher, model, group: Sequence[int], example: dict, rng: jax.Array,
