@@ -20,7 +20,7 @@ from distill_jax import runner
 from distill_jax.blockwise import layout
 from distill_jax.blockwise.stitch import fit_stitches
 from distill_jax.errors import InputError
-from distill_jax.models.stack import parse_block
+from distill_jax.models.stack import family_of, parse_block
 from distill_jax.paths import count_params, fingerprint
 
 
@@ -166,14 +166,10 @@ def as_plain(student, params: dict, data) -> tuple[Any, dict]:
   if got is None:
     raise InputError(f"student.init.blockwise.plain: the {student.name} student (blocks "
                      f"{student.config['blocks']}, stitches {student.config['stitch']}) is not a "
-                     f"plain {family_name(student)} model (a stitch, or layers of different "
+                     f"plain {family_of(student.name)} model (a stitch, or layers of different "
                      "configs)")
   config, params = got
   return models.build(config, dict(data.info)), params
-
-
-def family_name(student) -> str:
-  return student.name.rsplit("_", 1)[0]
 
 
 def check(config, student, teacher) -> None:
@@ -200,7 +196,7 @@ def check(config, student, teacher) -> None:
     if plain(student.config) is None:
       raise InputError(f"student.init.blockwise.plain=True: blocks {student.config['blocks']} "
                        f"with stitches {student.config['stitch']} are not a plain "
-                       f"{family_name(student)} model (no stitch, one layer config)")
+                       f"{family_of(student.name)} model (no stitch, one layer config)")
   if b.only >= len(student.config["blocks"]):
     raise InputError(f"student.init.blockwise.only={b.only}: the student has "
                      f"{len(student.config['blocks'])} blocks")
