@@ -36,7 +36,12 @@ def defaults() -> ml_collections.ConfigDict:
       # LMs: perplexity on text of other domains too, ((name, path), ...): each file's last
       # other_eval_tokens tokens (metric perplexity_<name>; never trained on)
       other_eval=(), other_eval_tokens=8192,
-      train_sequences=0)            # LMs: train on the first N packed sequences (0: all)
+      train_sequences=0,            # LMs: train on the first N packed sequences (0: all)
+      # graphs (sources graph_npz | planetoid): the split ("per_class": n train and n val
+      # nodes per class, seeded by split_seed, the rest test; "public": Planetoid's), the
+      # largest connected component only, feature normalisation ("row" | "none")
+      graph=dict(split="per_class", train_per_class=20, val_per_class=30,
+                 largest_component=False, normalize="row"))
   c.batch_size = 64
   c.eval_batch_size = 512
   c.eval_cache = False              # remember evaluations by (params, data, settings) across runs
@@ -53,13 +58,14 @@ def defaults() -> ml_collections.ConfigDict:
   # export directory (WORKDIR/teacher/export), a registered pretrained model ("minilm") or a
   # HF safetensors folder.
   c.teacher = dict(model=dict(name="mlp"), load="", steps=1000, learning_rate=1e-3,
+                   weight_decay=0.0,  # L2 on the gradient before Adam (0: none)
                    mixup=0.0, frozen=(), terms=LABELS)
   # The student trained from scratch on labels with the student's recipe, for comparison.
   c.baseline = dict(enabled=False, terms=LABELS)
   # The student: model (a model of the teacher's family starts from the teacher's fields),
   # recipe, and its initialisation from the teacher (partition rules + recombination).
   c.student = dict(
-      model=dict(name="mlp"), steps=1000, learning_rate=1e-3, mixup=0.0,
+      model=dict(name="mlp"), steps=1000, learning_rate=1e-3, weight_decay=0.0, mixup=0.0,
       frozen=(),                    # regexes of parameters that get no updates
       # random|select|average|similarity|width|influence|prune|blockwise
       init=dict(strategy="random",

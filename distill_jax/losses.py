@@ -97,8 +97,11 @@ def bind(specs: Sequence, what: str) -> list[Bound]:
 # --- output terms -----------------------------------------------------------------------------
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-  """CE(y, s) = -log softmax(s)[y], averaged over the batch."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  """CE(y, s) = -log softmax(s)[y], averaged over the labelled examples: a label < 0 marks an
+  example without one (a graph's nodes outside the training set), which counts for nothing."""
+  labelled = labels >= 0
+  per_example = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+  return jnp.where(labelled, per_example, 0.0).sum() / jnp.maximum(labelled.sum(), 1)
 
 
 def kl_divergence(teacher_logits: jnp.ndarray, student_logits: jnp.ndarray,

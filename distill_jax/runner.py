@@ -89,7 +89,8 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
     resolved, projections = features_lib.setup(bound, teacher[0], teacher[1], model, params,
                                                data.example, jax.random.fold_in(rng, 1),
                                                teacher_layers)
-  tx = train.make_optimizer(recipe.learning_rate, recipe.steps, tuple(recipe.get("frozen", ())))
+  tx = train.make_optimizer(recipe.learning_rate, recipe.steps, tuple(recipe.get("frozen", ())),
+                            recipe.get("weight_decay", 0.0))
   state = train.TrainState.create(params, tx, rng, projections)
   state_shardings = sharding.tree_shardings(state, config.sharding.student, run.mesh)
   arrays, teacher_model, teacher_params, teacher_shardings = dict(data.train), None, None, None

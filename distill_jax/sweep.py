@@ -38,7 +38,7 @@ def sweep(config, workdir: str, checked: Optional[Checked] = None) -> dict:
       c = apply_overrides(config, plans.plan_overrides(variant, "sweep.variants"))
       teacher_key = plans.key_of(c.teacher, c.data, seed)
       recipe = plans.key_of(c.student.model, c.student.steps, c.student.learning_rate,
-                            c.student.mixup, c.batch_size, seed)
+                            c.student.weight_decay, c.student.mixup, c.batch_size, seed)
       with c.unlocked():
         c.seed = seed
         c.baseline.enabled = recipe not in baselines

@@ -50,12 +50,16 @@ def learning_rate_schedule(learning_rate: float, num_steps: int) -> optax.Schedu
   return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
 
 
-def make_optimizer(learning_rate: float, num_steps: int,
-                   frozen: Sequence[str] = ()) -> optax.GradientTransformation:
+def make_optimizer(learning_rate: float, num_steps: int, frozen: Sequence[str] = (),
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Adam with :func:`learning_rate_schedule` over ``(params, projections)``; parameters
   whose "/"-joined path fullmatches a ``frozen`` regex get no updates (and no Adam moments:
-  reused embeddings stay as they are, and the step skips their optimizer work)."""
+  reused embeddings stay as they are, and the step skips their optimizer work).
+  ``weight_decay``: L2 added to the gradient before Adam (PyTorch's ``Adam(weight_decay)``,
+  what GCN and GLNN recipes mean by it; not AdamW's decoupled decay)."""
   adam = optax.adam(learning_rate_schedule(learning_rate, num_steps))
+  if weight_decay:
+    adam = optax.chain(optax.add_decayed_weights(weight_decay), adam)
   if not frozen:
     return adam
   patterns = [re.compile(p) for p in frozen]
@@ -170,7 +174,8 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
     metrics = dict(values, loss=loss)
     if "logits" in s_out and "y" in batch:
       hits = jnp.argmax(s_out["logits"], -1)
-      accuracy = jnp.mean(hits == batch["y"])
+      labelled = batch["y"] >= 0          # a label < 0: no label (cross_entropy skips it too)
+      accuracy = jnp.sum((hits == batch["y"]) & labelled) / jnp.maximum(labelled.sum(), 1)
       if mixup_alpha > 0:   # credit each of the two mixed labels by its weight
         lam = batch["mixup_lambda"]
         accuracy = lam * accuracy + (1.0 - lam) * jnp.mean(hits == jnp.roll(batch["y"], 1))

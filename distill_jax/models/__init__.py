@@ -110,12 +110,15 @@ def feature_dict(intermediates: Any) -> dict[str, Any]:
 from distill_jax.models import bert as _bert  # noqa: E402
 from distill_jax.models import llama as _llama  # noqa: E402
 from distill_jax.models.cnn import CNN  # noqa: E402
+from distill_jax.models.gnn import GNN  # noqa: E402
 from distill_jax.models.gru import GRU  # noqa: E402
 from distill_jax.models.mlp import MLP  # noqa: E402
 
 MODELS.register("mlp")(Family(linen(MLP)))
 MODELS.register("cnn")(Family(linen(CNN)))
 MODELS.register("gru")(Family(linen(GRU)))
+# Graphs: node features and the edge list of each graph in the batch (docs/graphs.md).
+MODELS.register("gnn")(Family(linen(GNN), inputs=("x", "senders", "receivers")))
 MODELS.register("bert")(Family(
     make=lambda fields, info: _bert.BertEncoder(_bert.BertConfig.from_dict(fields)),
     inputs=("input_ids", "attention_mask", "token_type_ids"), outputs=_bert.sentence_outputs,
@@ -129,4 +132,5 @@ MODELS.register("llama")(Family(
 # Stack views (blockwise training, stitching) and the "<family>_stitched"/"_block" models.
 from distill_jax.models import stack as _stack  # noqa: E402,F401
 
-__all__ = ["MODELS", "Family", "Model", "build", "linen", "feature_dict", "MLP", "CNN", "GRU"]
+__all__ = ["MODELS", "Family", "Model", "build", "linen", "feature_dict", "MLP", "CNN", "GRU",
+           "GNN"]

@@ -12,20 +12,24 @@ from distill_jax.recombine.similarity import layer_outputs
 from distill_jax.recombine.strategies import STRATEGIES, layer_groups, plan_layers
 
 
-def _kernel_key(members: dict, group: str) -> str:
+def _kernel_keys(members: dict, group: str) -> list[str]:
+  """The group's kernels: one (Dense), or several reading the same input and adding into the
+  same output units (GraphSAGE's self and neighbour kernels), sliced alike."""
   keys = [k for k in members if k.endswith("kernel")]
-  if len(keys) != 1:
-    raise InputError(f"width: layer group {group!r} needs exactly one kernel, has {list(members)}")
-  return keys[0]
+  if not keys:
+    raise InputError(f"width: layer group {group!r} has no kernel, only {list(members)}")
+  return keys
 
 
-def unit_importance(members: dict, kernel_key: str) -> np.ndarray:
-  """L2 norm of each output unit's incoming weights (and bias)."""
-  kernel = np.asarray(members[kernel_key])
-  sq = (kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(0)
-  bias_key = kernel_key[:-len("kernel")] + "bias"
-  if bias_key in members:
-    sq = sq + np.asarray(members[bias_key]) ** 2
+def unit_importance(members: dict, kernel_keys: list[str]) -> np.ndarray:
+  """L2 norm of each output unit's incoming weights (all kernels, and biases)."""
+  sq = 0.0
+  for kernel_key in kernel_keys:
+    kernel = np.asarray(members[kernel_key])
+    sq = sq + (kernel.reshape(-1, kernel.shape[-1]) ** 2).sum(0)
+    bias_key = kernel_key[:-len("kernel")] + "bias"
+    if bias_key in members:
+      sq = sq + np.asarray(members[bias_key]) ** 2
   return np.sqrt(sq)
 
 
@@ -44,18 +48,18 @@ def width(teacher: Partition, student: Partition, context: Optional[Context] = N
   previous: Optional[np.ndarray] = None     # units kept by the previous student layer
   for j, (s_name, t_idx) in enumerate(zip(s_names, plan)):
     t_members, s_members = teacher.groups[t_names[t_idx]], student.groups[s_name]
-    kk = _kernel_key(s_members, s_name)
-    t_kernel, s_kernel = np.asarray(t_members[kk]), np.asarray(s_members[kk])
+    kks = _kernel_keys(s_members, s_name)
+    t_kernel, s_kernel = np.asarray(t_members[kks[0]]), np.asarray(s_members[kks[0]])
     units = np.arange(t_kernel.shape[-1])
     if s_kernel.shape[-1] < t_kernel.shape[-1]:
       score = (np.abs(outputs[j]).reshape(-1, t_kernel.shape[-1]).mean(0)
-               if importance == "activation" else unit_importance(t_members, kk))
+               if importance == "activation" else unit_importance(t_members, kks))
       units = np.sort(np.argsort(-score, kind="stable")[:s_kernel.shape[-1]])
     rows = previous if previous is not None else np.arange(t_kernel.shape[-2])
     new = {}
     for key, target in s_members.items():
       value = np.asarray(t_members.get(key, np.zeros(0)))
-      if key == kk:
+      if key in kks:
         value = value[..., rows, :][..., units]
       elif value.ndim >= 1 and key in t_members:
         value = value[..., units]

@@ -93,3 +93,4 @@ TASKS: Registry[Task] = Registry("task")
 from distill_jax.tasks import classification as _classification  # noqa: E402,F401
 from distill_jax.tasks import sentence_embedding as _sentence_embedding  # noqa: E402,F401
 from distill_jax.tasks import causal_lm as _causal_lm  # noqa: E402,F401
+from distill_jax.tasks import node_classification as _node_classification  # noqa: E402,F401
