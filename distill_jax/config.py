@@ -41,7 +41,10 @@ def defaults() -> ml_collections.ConfigDict:
       # nodes per class, seeded by split_seed, the rest test; "public": Planetoid's), the
       # largest connected component only, feature normalisation ("row" | "none")
       graph=dict(split="per_class", train_per_class=20, val_per_class=30,
-                 largest_component=False, normalize="row"))
+                 largest_component=False, normalize="row"),
+      # text classification: `copies` unlabelled altered copies of each training sentence
+      # (n-gram sampling, then masking; Tang et al. 2019) that only the teacher terms see
+      augment=dict(copies=0, mask_prob=0.1, ngram_prob=0.25, seed=0))
   c.batch_size = 64
   c.eval_batch_size = 512
   c.eval_cache = False              # remember evaluations by (params, data, settings) across runs
@@ -57,21 +60,26 @@ def defaults() -> ml_collections.ConfigDict:
   # The teacher: trained on ``terms`` (labels) unless ``load`` names a model to load: an
   # export directory (WORKDIR/teacher/export), a registered pretrained model ("minilm") or a
   # HF safetensors folder.
-  c.teacher = dict(model=dict(name="mlp"), load="", steps=1000, learning_rate=1e-3,
+  # ``init``: a pretrained model or export whose arrays start the teacher's training where
+  # paths and shapes match (e.g. "minilm" under a fresh classification head).
+  c.teacher = dict(model=dict(name="mlp"), load="", init="", steps=1000, learning_rate=1e-3,
                    weight_decay=0.0,  # L2 on the gradient before Adam (0: none)
                    mixup=0.0, frozen=(), terms=LABELS)
   # The student trained from scratch on labels with the student's recipe, for comparison.
-  c.baseline = dict(enabled=False, terms=LABELS)
+  # from_init: start it from the student's initialisation (the teacher's parts it reuses, e.g.
+  # frozen token embeddings) instead of a fresh one, so that only the terms differ.
+  c.baseline = dict(enabled=False, terms=LABELS, from_init=False)
   # The student: model (a model of the teacher's family starts from the teacher's fields),
   # recipe, and its initialisation from the teacher (partition rules + recombination).
   c.student = dict(
       model=dict(name="mlp"), steps=1000, learning_rate=1e-3, weight_decay=0.0, mixup=0.0,
       frozen=(),                    # regexes of parameters that get no updates
-      # random|select|average|similarity|width|influence|prune|blockwise
+      # random|copy|select|average|similarity|width|influence|prune|blockwise
       init=dict(strategy="random",
                 rules=(("depth", r"Dense_(\d+)"),),
                 num_examples=512,   # training inputs for data-driven strategies (CKA, ...)
                 random={}, select=dict(layers=(), every=0), average={},
+                copy=dict(groups=()),   # groups copied by name (): all the teacher shares
                 similarity=dict(measure="auto", mode="merge"),
                 width=dict(layers=(), every=0, importance="weight"),
                 influence=dict(measure="cosine", keep=()),

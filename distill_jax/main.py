@@ -70,7 +70,8 @@ def format_summary(summary: dict) -> str:
                                                *(cell(row, k) for k in columns)))
   add("teacher", summary["teacher"], summary["teacher"]["params"])
   if "baseline" in summary:
-    add("student from scratch", summary["baseline"], summary["baseline"]["params"])
+    add("student, labels only, from its init" if summary["baseline"].get("from_init")
+        else "student from scratch", summary["baseline"], summary["baseline"]["params"])
   for name, row in summary.get("init_compare", {}).items():
     add(f"student recombined: {name}", row, s["params"])
   add(f"student at init ({s['init']['strategy']})", s["at_init"], s["params"])

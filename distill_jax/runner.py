@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from distill_jax import features as features_lib
-from distill_jax import losses, models, plans, recombine, sharding, teacher_cache, train
+from distill_jax import losses, models, paths, plans, recombine, sharding, teacher_cache, train
 from distill_jax.checkpoint import (Checkpointer, MODEL_FILE, load_export_params,
                                     read_export_meta, save_export)
 from distill_jax.config import apply_overrides
@@ -196,9 +196,32 @@ def get_teacher(run: Run, loaded: Optional[tuple] = None) -> tuple[Any, Any]:
     return loaded or load_model(run.task, c.load, run.data)
   model = models.build(c.model, run.data.info)
   params = model.init(key(run.config), dict(run.data.example))
+  if c.get("init"):
+    params = start_from(run, params, c.init)
   params = train_phase(run, "teacher", model, params, c, c.terms, eval_fn=run.evaluator(model))
   export(run, "teacher", model, params)
   return model, params
+
+
+def start_from(run: Run, params: Any, spec: str, what: str = "teacher.init") -> Any:
+  """``params`` with each array that the model ``spec`` (pretrained or an export) holds at the
+  same path; the others keep their initialisation (e.g. a new head). Logged."""
+  given = paths.flatten(load_model(run.task, spec, run.data, what)[1])
+  flat = paths.flatten(params)
+  for k in flat.keys() & given.keys():
+    if np.shape(given[k]) != np.shape(flat[k]):
+      raise InputError(f"{what}={spec!r}: {k} has shape {np.shape(given[k])} there and "
+                       f"{np.shape(flat[k])} in the model to train")
+  taken = sorted(flat.keys() & given.keys())
+  if not taken:
+    raise InputError(f"{what}={spec!r} holds none of the model's parameter paths (it has "
+                     f"{sorted(given)[:3]}..., the model {sorted(flat)[:3]}...)")
+  fresh, unused = sorted(flat.keys() - given.keys()), sorted(given.keys() - flat.keys())
+  short = lambda keys: f"{len(keys)} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})"
+  print(f"{what}={spec}: {len(taken)} of {len(flat)} arrays "
+        f"({sum(np.size(given[k]) for k in taken):,} params) from it; initialised fresh: "
+        f"{short(fresh)}; not used: {short(unused)}")
+  return paths.unflatten({k: given[k] if k in given else v for k, v in flat.items()})
 
 
 def student_model(config, data: TaskData, teacher) -> Any:
@@ -380,13 +403,18 @@ def summary_row(run: Run, model, params: Any, reference: Any = None) -> dict:
 
 def baseline(run: Run, teacher, reference: Any, teacher_params: Any = None) -> dict:
   """The student trained from scratch on ``baseline.terms`` with the student's recipe (terms
-  that read the teacher: a randomly initialised student distilled)."""
+  that read the teacher: a randomly initialised student distilled); with
+  ``baseline.from_init``, from the student's initialisation instead (``from_init`` in the row)."""
   student = student_model(run.config, run.data, teacher)
-  fresh = student.init(key(run.config, 1), dict(run.data.example))
+  if run.config.baseline.get("from_init"):
+    fresh = init_student(run, student, teacher, teacher_params)[0]
+  else:
+    fresh = student.init(key(run.config, 1), dict(run.data.example))
   start = time.time()
   params = train_phase(run, "baseline", student, fresh, run.config.student,
                        run.config.baseline.terms,
                        (teacher, teacher_params) if teacher_params is not None else None,
                        eval_fn=run.evaluator(student, reference))
   timing = speed(run, "baseline", time.time() - start)
-  return {**summary_row(run, student, params, reference), **timing}
+  return {**summary_row(run, student, params, reference), **timing,
+          "from_init": bool(run.config.baseline.get("from_init"))}

@@ -113,6 +113,7 @@ from distill_jax.models.cnn import CNN  # noqa: E402
 from distill_jax.models.gnn import GNN  # noqa: E402
 from distill_jax.models.gru import GRU  # noqa: E402
 from distill_jax.models.mlp import MLP  # noqa: E402
+from distill_jax.models.text_cnn import TextCNN  # noqa: E402
 
 MODELS.register("mlp")(Family(linen(MLP)))
 MODELS.register("cnn")(Family(linen(CNN)))
@@ -123,6 +124,18 @@ MODELS.register("bert")(Family(
     make=lambda fields, info: _bert.BertEncoder(_bert.BertConfig.from_dict(fields)),
     inputs=("input_ids", "attention_mask", "token_type_ids"), outputs=_bert.sentence_outputs,
     fields=lambda module: module.config.to_dict()))
+# Text classification: the encoder with a head (its own fields: classifier_dropout), a CNN.
+MODELS.register("bert_classifier")(Family(
+    make=lambda fields, info: _bert.BertClassifier(
+        _bert.BertConfig.from_dict({k: v for k, v in fields.items() if k != "classifier_dropout"}),
+        num_classes=int(info["num_classes"]),
+        classifier_dropout=fields.get("classifier_dropout", 0.1)),
+    inputs=("input_ids", "attention_mask", "token_type_ids"), outputs=_bert.classifier_outputs,
+    fields=lambda module: {**module.config.to_dict(),
+                           "classifier_dropout": module.classifier_dropout}))
+MODELS.register("text_cnn")(Family(linen(TextCNN), inputs=("input_ids", "attention_mask"),
+                                   outputs=lambda out, batch: {
+                                       "logits": out, "token_mask": batch["attention_mask"]}))
 # A causal LM: the vocabulary comes from the data's tokenizer unless the config fixes it.
 MODELS.register("llama")(Family(
     make=lambda fields, info: _llama.Llama(_llama.LlamaConfig.from_dict(

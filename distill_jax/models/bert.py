@@ -222,3 +222,30 @@ def sentence_outputs(out: BertOutput, batch: Mapping[str, Any]) -> dict:
   mask = batch["attention_mask"]
   return {"pooled": mean_pool(out.last_hidden_state.astype(jnp.float32), mask),
           "token_mask": mask}
+
+
+class BertClassifier(BertEncoder):
+  """The encoder with a classification head on the mean of its real tokens' states (the sentence
+  vector all-MiniLM-L6-v2 was trained for): dropout, then the Dense ``classifier``. Returns
+  ``(logits, BertOutput)``; parameter paths are the encoder's plus ``classifier/``, so an
+  encoder's weights (``teacher.init``) and depth rules apply unchanged."""
+  num_classes: int = 2
+  classifier_dropout: float = 0.1
+
+  def setup(self):
+    super().setup()
+    self.classifier = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.02))
+    self.head_dropout = nn.Dropout(self.classifier_dropout)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, train: bool = False):
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    out = super().__call__(input_ids, attention_mask, token_type_ids, train)
+    pooled = mean_pool(out.last_hidden_state.astype(jnp.float32), attention_mask)
+    return self.classifier(self.head_dropout(pooled, deterministic=not train)), out
+
+
+def classifier_outputs(out: tuple, batch: Mapping[str, Any]) -> dict:
+  """``logits`` and the encoder's :func:`sentence_outputs`."""
+  logits, encoded = out
+  return {"logits": logits.astype(jnp.float32), **sentence_outputs(encoded, batch)}

@@ -103,6 +103,25 @@ def random_init(teacher: Partition, student: Partition, context=None, **unused) 
   return dict(student.groups), set(), {}
 
 
+@STRATEGIES.register("copy")
+def copy_groups(teacher: Partition, student: Partition, context=None, *,
+                groups: Sequence[str] = ()) -> tuple:
+  """Student groups ``groups`` (every group the teacher also has, when empty) copied member by
+  member from the teacher's group of that name (shapes must fit); the others keep their random
+  initialisation. E.g. a CNN student over the teacher's token embeddings."""
+  names = list(groups) or [n for n in student.names if n in teacher.groups]
+  missing = [n for n in names if n not in teacher.groups or n not in student.groups]
+  if missing or not names:
+    raise InputError(f"copy: group(s) {missing or names} are not in both partitions (teacher: "
+                     f"{teacher.names}, student: {student.names})")
+  out, reused, used = dict(student.groups), set(), {}
+  for name in names:
+    out[name], used[name] = fill(name, student.groups[name], [(name, teacher.groups[name])],
+                                 _first)
+    reused |= {(name, k) for k in out[name]}
+  return out, reused, {"teacher_groups_used": used}
+
+
 @STRATEGIES.register("select")
 def select(teacher: Partition, student: Partition, context=None, *,
            layers: Optional[Sequence[int]] = None, every: int = 0) -> tuple:

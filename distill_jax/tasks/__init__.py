@@ -94,3 +94,4 @@ from distill_jax.tasks import classification as _classification  # noqa: E402,F4
 from distill_jax.tasks import sentence_embedding as _sentence_embedding  # noqa: E402,F401
 from distill_jax.tasks import causal_lm as _causal_lm  # noqa: E402,F401
 from distill_jax.tasks import node_classification as _node_classification  # noqa: E402,F401
+from distill_jax.tasks import text_classification as _text_classification  # noqa: E402,F401

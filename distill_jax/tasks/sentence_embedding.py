@@ -67,10 +67,10 @@ def read_pairs(data_config) -> StsPairs:
 
 def tokenizer_file(config) -> str:
   """The teacher's ``tokenizer.json``: the packaged model's, or the one beside its weights."""
-  spec = config.teacher.load
+  spec = config.teacher.load or config.teacher.get("init", "")
   path = os.path.join(minilm.minilm_path() if spec in ("", "minilm") else spec, "tokenizer.json")
   if not os.path.isfile(path):
-    raise MissingInput(f"teacher.load={spec!r} has no tokenizer.json beside its weights")
+    raise MissingInput(f"teacher {spec!r} has no tokenizer.json beside its weights")
   return path
 
 
