@@ -236,3 +236,13 @@ def test_a_targets_neighbourhood_gives_the_whole_graphs_outputs_there():
     full = model.apply(params, g.features[None], senders[None], receivers[None])[0]
     part = model.apply(params, g.features[nodes][None], s[None], r[None])[0]
     np.testing.assert_allclose(part[where], full[targets], rtol=1e-5, atol=1e-5, err_msg=conv)
+
+
+def test_a_search_validates_on_the_splits_validation_nodes(tmp_path):
+  from distill_jax.tasks import TASKS
+  config = _smoke_config(tmp_path)
+  task = TASKS.get("node_classification")
+  data = task.load(config)
+  val = task.validation(data, 0.2, 0)
+  np.testing.assert_array_equal(val.eval["test"], data.eval["val"])
+  assert len(data.eval["val"]) == 10 and (data.train["y"] >= 0).sum() == 6

@@ -132,3 +132,16 @@ def test_a_teacher_init_of_another_shape_names_the_path(tmp_path):
     config.teacher.model.hidden_size, config.teacher.model.num_heads = 64, 4
   with pytest.raises(InputError, match=r"teacher.init='minilm': .* has shape \(.*384"):
     run_job(config, str(tmp_path / "job"))
+
+
+def test_the_validation_split_holds_out_labelled_rows_only(minilm_job):
+  from distill_jax.tasks import TASKS
+  config = load(CONFIG, "smoke")
+  with config.unlocked():
+    config.data.augment.copies = 1
+  task = TASKS.get("text_classification")
+  data = task.load(config)
+  assert data.num_train == 80 and (data.train["y"] == -1).sum() == 40
+  val = task.validation(data, 0.25, seed=0)
+  assert len(val.eval["y"]) == 10 and (val.eval["y"] >= 0).all()
+  assert val.num_train == 70 and (val.train["y"] == -1).sum() == 40

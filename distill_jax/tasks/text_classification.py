@@ -4,6 +4,7 @@ prepared TFDS GLUE dataset; held out: accuracy, loss and agreement with the teac
 Optional augmentation of the transfer set (Tang et al., 2019): unlabelled copies of the
 training sentences with masked tokens and sampled n-grams, which only the teacher terms see.
 """
+import dataclasses
 import os
 from typing import Any
 
@@ -149,6 +150,23 @@ class TextClassification(SentenceEmbedding):
 
   def agreement(self, student_outputs, teacher_outputs) -> float:
     return top1_agreement(student_outputs, teacher_outputs)
+
+  def validation(self, data, fraction, seed) -> TaskData:
+    """A seeded ``fraction`` of the labelled training rows held out (augmented rows stay)."""
+    if not 0.0 < fraction < 1.0:
+      raise InputError(f"search.val_fraction={fraction} must be in (0, 1)")
+    labelled = np.flatnonzero(data.train["y"] >= 0)
+    held = np.sort(np.random.default_rng(seed).permutation(labelled)[
+        :max(1, int(round(len(labelled) * fraction)))])
+    keep = np.setdiff1d(np.arange(data.num_train), held)
+    tokens = {k: v[held] for k, v in data.train.items() if k != "y"}
+    order = np.argsort(-tokens["attention_mask"].sum(1), kind="stable")
+    held_out = dict(data.eval, tokens={k: v[order] for k, v in tokens.items()},
+                    y=data.train["y"][held][order])
+    return dataclasses.replace(data, name=f"{data.name}[val]",
+                               train={k: v[keep] for k, v in data.train.items()},
+                               eval=held_out,
+                               identity=dict(data.identity, validation=(fraction, seed)))
 
 
 TASKS.register("text_classification")(TextClassification())
