@@ -65,8 +65,9 @@ def sweep(config, workdir: str, checked: Optional[Checked] = None) -> dict:
         add("teacher", summary["teacher"])
       if "baseline" in summary:
         baselines.add(recipe)
-        add(f"{c.student.model.name} "
-            f"{'labels only' if summary['baseline'].get('from_init') else 'from scratch'}",
+        # named by the variant that trained it: two recipes may share a model name
+        add(f"{variant['name']} baseline "
+            f"({'labels only' if summary['baseline'].get('from_init') else 'from scratch'})",
             summary["baseline"])
       for plan, result in summary.get("init_compare", {}).items():
         add(f"{variant['name']} at init: {plan}", result)
