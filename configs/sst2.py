@@ -51,7 +51,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.log_every, c.eval_every, c.checkpoint_every = 50, 0, 250
   c.teacher.init = "minilm"
   c.teacher.model = ml_collections.ConfigDict(dict(name="bert_classifier", with_pooler=False))
-  c.teacher.steps, c.teacher.learning_rate = 600, 5e-5
+  c.teacher.steps, c.teacher.learning_rate = 400, 5e-5
   c.student.init.rules = (("regex", r"embeddings/.*", "embeddings"),
                           ("depth", r"encoder/layer_(\d+)"),
                           ("regex", r"classifier/.*", "head"))
@@ -61,11 +61,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.student.model = ml_collections.ConfigDict(dict(name="text_cnn", dropout=0.5))
     c.student.init.strategy, c.student.init.copy.groups = "copy", ("embeddings",)
     c.student.init.rules = (("regex", r"embeddings/.*", "embeddings"), ("regex", ".*", "rest"))
-    c.student.steps, c.student.learning_rate = 1500, 1e-3
+    c.student.steps, c.student.learning_rate = 1000, 1e-3
     c.baseline.enabled = c.baseline.from_init = True   # labels only, over the same embeddings
   else:
     c.student.model = ml_collections.ConfigDict(dict(name="bert_classifier", num_layers=3))
-    c.student.steps, c.student.learning_rate = 600, 1e-4
+    c.student.steps, c.student.learning_rate = 400, 1e-4
     c.student.init.strategy = "select"
     c.student.init.choose.by, c.student.init.choose.num_examples = "agreement", 1000
     c.student.init.compare = (plan("select_evenly", **select(())),
