@@ -18,10 +18,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from distill_jax import models, sharding, train  # noqa: E402
+from distill_jax import models, sharding  # noqa: E402
 from distill_jax.checkpoint import load_export_params, read_export_meta  # noqa: E402
 from distill_jax.paths import count_params  # noqa: E402
-from distill_jax.tasks.sentence_embedding import trim  # noqa: E402
+from distill_jax.tasks.sentence_embedding import predict_by_length  # noqa: E402
 from distill_jax.tasks.text_classification import read_tsv  # noqa: E402
 from distill_jax.text.tokenize import TextTokenizer  # noqa: E402
 
@@ -48,13 +48,8 @@ def main() -> None:
 
     def classify(model=model, params=params, tokenizer=tokenizer) -> np.ndarray:
       tokens = tokenizer.encode(sentences, args.max_length, padding="max_length")
-      tokens = {k: tokens[k] for k in model.family.inputs}
-      order = np.argsort(-tokens["attention_mask"].sum(1), kind="stable")
-      logits = train.predict(model, params, {k: v[order] for k, v in tokens.items()}, mesh,
-                             args.batch, trim)["logits"]
-      out = np.empty_like(logits)
-      out[order] = logits
-      return out
+      return predict_by_length(model, params, {k: tokens[k] for k in model.family.inputs},
+                               mesh, args.batch, "logits")
     accuracy = float(np.mean(np.argmax(classify(), -1) == labels))    # also compiles
     runs.append({"name": directory, "model": meta["model"]["name"], "fn": classify,
                  "params": count_params(params), "accuracy": accuracy, "rates": []})

@@ -12,12 +12,12 @@ each undirected edge, no self-loops, no duplicates: what ``jax.ops.segment_sum``
 import dataclasses
 import os
 import pickle
-import zipfile
 from typing import Callable, Mapping
 
 import numpy as np
 import scipy.sparse as sp
 
+from distill_jax.data.sources import read_npz_file
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.registry import Registry
 
@@ -152,19 +152,14 @@ def _csr(f, prefix: str, path: str) -> sp.csr_matrix:
 def read_npz(data_config) -> Graph:
   """The CPF / GLNN layout, as shipped for Cora, Citeseer, Amazon and Coauthor graphs."""
   path = data_config.path
-  if not path or not os.path.isfile(path):
-    raise MissingInput(f"data.path: graph npz file {path!r} does not exist")
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      adj = _csr(f, "adj", path)
-      attr = (f["attr_matrix"] if "attr_matrix" in f.files else _csr(f, "attr", path).toarray())
-      if "labels" not in f.files:
-        raise InputError(f"graph npz {path!r} has no 'labels' array; it has {sorted(f.files)}")
-      labels = f["labels"]
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    if isinstance(e, InputError):
-      raise
-    raise InputError(f"graph npz {path!r} cannot be read ({type(e).__name__}: {e})") from None
+
+  def read(f):
+    adj = _csr(f, "adj", path)
+    attr = (f["attr_matrix"] if "attr_matrix" in f.files else _csr(f, "attr", path).toarray())
+    if "labels" not in f.files:
+      raise InputError(f"graph npz {path!r} has no 'labels' array; it has {sorted(f.files)}")
+    return adj, attr, f["labels"]
+  adj, attr, labels = read_npz_file(path, "graph npz file", read)
   if labels.ndim != 1 or len(labels) != adj.shape[0] or attr.shape[0] != adj.shape[0]:
     raise InputError(f"graph npz {path!r}: adjacency {adj.shape}, attributes {attr.shape} and "
                      f"labels {labels.shape} disagree on the number of nodes")

@@ -3,6 +3,7 @@ allows a TFDS download.
 """
 import os
 import zipfile
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from distill_jax.data.dataset import Dataset, seeded_split
 from distill_jax.registry import Registry
 
 SOURCES: Registry = Registry("data source")
+T = TypeVar("T")
 
 
 def load(data_config) -> Dataset:
@@ -35,24 +37,33 @@ def digits(data_config) -> Dataset:
                  num_classes=10)
 
 
+def read_npz_file(path: str, what: str, read: Callable[[Any], T]) -> T:
+  """``read(f)`` of the ``.npz`` at ``data.path`` (``what`` names it in errors), opened with
+  ``allow_pickle=False``; a missing file or one that cannot be read is an error naming it."""
+  if not path or not os.path.isfile(path):
+    raise MissingInput(f"data.path: {what} {path!r} does not exist")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return read(f)
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    if isinstance(e, InputError):
+      raise
+    raise InputError(f"{what} {path!r} cannot be read ({type(e).__name__}: {e}); is it "
+                     "truncated, or not an .npz?") from None
+
+
 @SOURCES.register("npz")
 def npz(data_config) -> Dataset:
   """Any ``.npz`` with ``x`` (N, ...) and integer ``y`` (N,), split by a seeded fraction."""
   path = data_config.path
-  if not path or not os.path.isfile(path):
-    raise MissingInput(f"data.path: npz file {path!r} does not exist")
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      missing = [k for k in ("x", "y") if k not in f.files]
-      if missing:
-        raise InputError(f"npz file {path!r} lacks array(s) {missing}; it has {f.files}. "
-                         "Expected 'x' of shape (N, ...) and 'y' of shape (N,) with int labels")
-      x, y = f["x"], f["y"]
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    if isinstance(e, InputError):
-      raise
-    raise InputError(f"npz file {path!r} cannot be read ({type(e).__name__}: {e}); is it "
-                     "truncated, or not an .npz?") from None
+
+  def read(f):
+    missing = [k for k in ("x", "y") if k not in f.files]
+    if missing:
+      raise InputError(f"npz file {path!r} lacks array(s) {missing}; it has {f.files}. "
+                       "Expected 'x' of shape (N, ...) and 'y' of shape (N,) with int labels")
+    return f["x"], f["y"]
+  x, y = read_npz_file(path, "npz file", read)
   if y.ndim != 1 or len(y) != len(x):
     raise InputError(f"npz file {path!r}: 'y' has shape {y.shape}, expected ({len(x)},) "
                      f"to match 'x' of shape {x.shape}")

@@ -27,6 +27,16 @@ def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.mean(np.argmax(a, -1) == np.argmax(b, -1)))
 
 
+def label_metrics(logits: np.ndarray, y: np.ndarray, reference=None) -> dict:
+  """Held-out ``loss`` and ``accuracy`` of ``logits`` against labels ``y``; with the teacher's
+  ``reference`` logits, also their top-1 ``agreement``."""
+  metrics = {"loss": float(losses.cross_entropy(logits, y)),
+             "accuracy": float(np.mean(np.argmax(logits, -1) == y))}
+  if reference is not None:
+    metrics["agreement"] = top1_agreement(logits, reference)
+  return metrics
+
+
 class Classification(Task):
   metric = "accuracy"
 
@@ -43,13 +53,8 @@ class Classification(Task):
     return logits_of(model, params, data.eval["x"], mesh, config)
 
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
-    logits = logits_of(model, params, data.eval["x"], mesh, config)
-    y = data.eval["y"]
-    metrics = {"loss": float(losses.cross_entropy(logits, y)),
-               "accuracy": float(np.mean(np.argmax(logits, -1) == y))}
-    if reference is not None:
-      metrics["agreement"] = top1_agreement(logits, reference)
-    return metrics
+    return label_metrics(logits_of(model, params, data.eval["x"], mesh, config),
+                         data.eval["y"], reference)
 
   def agreement(self, student_outputs, teacher_outputs) -> float:
     return top1_agreement(student_outputs, teacher_outputs)

@@ -9,12 +9,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from distill_jax import losses, train
+from distill_jax import train
 from distill_jax.data import graphs
 from distill_jax.errors import InputError
 from distill_jax.paths import fingerprint
 from distill_jax.tasks import TASKS, Task, TaskData
-from distill_jax.tasks.classification import top1_agreement
+from distill_jax.tasks.classification import label_metrics, top1_agreement
 
 INPUTS = ("x", "senders", "receivers")
 
@@ -75,13 +75,10 @@ class NodeClassification(Task):
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
     logits, labels, test = logits_of(model, params, data, mesh), data.eval["labels"], \
         data.eval["test"]
-    hits = np.argmax(logits, -1) == labels
-    metrics = {"loss": float(losses.cross_entropy(logits[test], labels[test])),
-               "accuracy": float(hits[test].mean()),
-               "val_accuracy": float(hits[data.eval["val"]].mean())}
-    if reference is not None:
-      metrics["agreement"] = top1_agreement(logits[test], reference[test])
-    return metrics
+    val = data.eval["val"]
+    return dict(label_metrics(logits[test], labels[test],
+                              None if reference is None else reference[test]),
+                val_accuracy=float(np.mean(np.argmax(logits[val], -1) == labels[val])))
 
   def agreement(self, student_outputs, teacher_outputs) -> float:
     return top1_agreement(student_outputs, teacher_outputs)

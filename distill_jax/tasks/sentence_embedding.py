@@ -87,12 +87,21 @@ def embed(model, params: Any, tokenizer: TextTokenizer, sentences: Sequence[str]
   """(N, hidden) L2-normalised sentence embeddings (the model's ``pooled`` output) in the order
   of ``sentences``; batched longest first, so each batch carries little padding."""
   tokens = tokenizer.encode(list(sentences), max_length, padding="max_length")
+  pooled = predict_by_length(model, params, tokens, mesh or sharding.make_mesh(), batch_size,
+                             "pooled")
+  return np.asarray(normalize(pooled))
+
+
+def predict_by_length(model, params: Any, tokens: dict, mesh, batch_size: int,
+                      output: str) -> np.ndarray:
+  """``model``'s ``output`` for every row of ``tokens``, in their order, computed longest first
+  in :func:`trim`-med batches (so each batch carries little padding)."""
   order = np.argsort(-tokens["attention_mask"].sum(1), kind="stable")
-  pooled = train.predict(model, params, {k: v[order] for k, v in tokens.items()},
-                         mesh or sharding.make_mesh(), batch_size, trim, ("pooled",))["pooled"]
-  out = np.empty_like(pooled)
-  out[order] = pooled
-  return np.asarray(normalize(out))
+  got = train.predict(model, params, {k: v[order] for k, v in tokens.items()}, mesh,
+                      batch_size, trim, (output,))[output]
+  out = np.empty_like(got)
+  out[order] = got
+  return out
 
 
 class SentenceEmbedding(Task):

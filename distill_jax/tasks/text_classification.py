@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from distill_jax import losses, sharding, train
+from distill_jax import sharding, train
+from distill_jax.data.dataset import seeded_split
 from distill_jax.data.sources import tfds_builder
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.paths import fingerprint
 from distill_jax.tasks import TASKS, TaskData
-from distill_jax.tasks.classification import top1_agreement
+from distill_jax.tasks.classification import label_metrics, top1_agreement
 from distill_jax.tasks.sentence_embedding import SentenceEmbedding, tokenizer_file, trim
 from distill_jax.text.tokenize import TextTokenizer
 
@@ -141,23 +142,16 @@ class TextClassification(SentenceEmbedding):
     return self.logits(model, params, data, mesh, config)
 
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
-    logits, y = self.logits(model, params, data, mesh, config), data.eval["y"]
-    metrics = {"loss": float(losses.cross_entropy(logits, y)),
-               "accuracy": float(np.mean(np.argmax(logits, -1) == y))}
-    if reference is not None:
-      metrics["agreement"] = top1_agreement(logits, reference)
-    return metrics
+    return label_metrics(self.logits(model, params, data, mesh, config), data.eval["y"],
+                         reference)
 
   def agreement(self, student_outputs, teacher_outputs) -> float:
     return top1_agreement(student_outputs, teacher_outputs)
 
   def validation(self, data, fraction, seed) -> TaskData:
     """A seeded ``fraction`` of the labelled training rows held out (augmented rows stay)."""
-    if not 0.0 < fraction < 1.0:
-      raise InputError(f"search.val_fraction={fraction} must be in (0, 1)")
     labelled = np.flatnonzero(data.train["y"] >= 0)
-    held = np.sort(np.random.default_rng(seed).permutation(labelled)[
-        :max(1, int(round(len(labelled) * fraction)))])
+    held = np.sort(seeded_split(labelled, labelled, fraction, seed)[2])
     keep = np.setdiff1d(np.arange(data.num_train), held)
     tokens = {k: v[held] for k, v in data.train.items() if k != "y"}
     order = np.argsort(-tokens["attention_mask"].sum(1), kind="stable")
