@@ -26,6 +26,9 @@ class BertConfig(ArchConfig):
   hidden_size: int = 384
   num_layers: int = 6
   num_heads: int = 12
+  # 0: hidden_size // num_heads (BERT's). Set, the attention is num_heads x head_dim wide, so
+  # heads can be pruned at full hidden width (not a transformers layout: docs/minilm.md).
+  head_dim: int = 0
   intermediate_size: int = 1536
   max_position: int = 512
   type_vocab_size: int = 2
@@ -33,12 +36,18 @@ class BertConfig(ArchConfig):
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   with_pooler: bool = True
+  # > 0: the token table is factorised (ALBERT): a (vocab, rank) table and a (rank, hidden)
+  # projection, ``embeddings/word_projection`` (recombine.factorize initialises both by SVD).
+  embedding_rank: int = 0
   dtype: str = "float32"
 
   def __post_init__(self):
-    if self.hidden_size % self.num_heads:
+    if not self.head_dim and self.hidden_size % self.num_heads:
       raise InputError(f"BertConfig: hidden_size {self.hidden_size} is not divisible by "
                        f"num_heads {self.num_heads}")
+    if not 0 <= self.embedding_rank <= self.hidden_size:
+      raise InputError(f"BertConfig: embedding_rank {self.embedding_rank} must be 0 (a full "
+                       f"table) or at most hidden_size {self.hidden_size}")
     jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
 
@@ -48,7 +57,9 @@ _HF_KEYS = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
             "intermediate_size": "intermediate_size", "max_position": "max_position_embeddings",
             "type_vocab_size": "type_vocab_size", "layer_norm_eps": "layer_norm_eps",
             "hidden_dropout": "hidden_dropout_prob",
-            "attention_dropout": "attention_probs_dropout_prob"}
+            "attention_dropout": "attention_probs_dropout_prob",
+            # not transformers keys (docs/minilm.md); written only when set
+            "embedding_rank": "embedding_rank", "head_dim": "head_dim"}
 _HF_FIXED = {"hidden_act": "gelu", "position_embedding_type": "absolute"}   # what this port is
 
 
@@ -65,8 +76,10 @@ def bert_config_from_hf(hf: Mapping[str, Any], **overrides) -> BertConfig:
 
 def bert_config_to_hf(cfg: BertConfig) -> dict[str, Any]:
   """The HuggingFace ``config.json`` dict of ``cfg`` (for exporting a student)."""
+  keys = {f: k for f, k in _HF_KEYS.items()
+          if f not in ("embedding_rank", "head_dim") or getattr(cfg, f)}
   return {"architectures": ["BertModel"], "model_type": "bert", **_HF_FIXED,
-          **{k: getattr(cfg, f) for f, k in _HF_KEYS.items()}, "pad_token_id": 0}
+          **{k: getattr(cfg, f) for f, k in keys.items()}, "pad_token_id": 0}
 
 
 @flax.struct.dataclass
@@ -104,13 +117,14 @@ class BertAttention(nn.Module):
     """Returns (output, attention probabilities (B, heads, L, L))."""
     c, dtype = self.config, jnp.dtype(self.config.dtype)
     b, length, _ = x.shape
-    head = c.hidden_size // c.num_heads
+    head = c.head_dim or c.hidden_size // c.num_heads
+    width = c.num_heads * head
     # (B, heads, L, head) with batch dims leading: XLA:CPU ran the equivalent einsum on the
     # (B, L, heads, head) layout at half the speed.
     split = lambda t: t.reshape(b, length, c.num_heads, head).transpose(0, 2, 1, 3)
-    q = split(_dense(c.hidden_size, dtype, "query")(x))
-    k = split(_dense(c.hidden_size, dtype, "key")(x))
-    v = split(_dense(c.hidden_size, dtype, "value")(x))
+    q = split(_dense(width, dtype, "query")(x))
+    k = split(_dense(width, dtype, "key")(x))
+    v = split(_dense(width, dtype, "value")(x))
     # Scores and softmax in float32 even for a bf16 model: the mask bias needs the range.
     scores = (q @ k.transpose(0, 1, 3, 2)).astype(jnp.float32) / math.sqrt(head)
     probs = jax.nn.softmax(scores + bias, axis=-1)
@@ -148,9 +162,15 @@ class BertEmbeddings(nn.Module):
     if length > c.max_position:
       raise InputError(f"sequence length {length} exceeds max_position {c.max_position}")
     init = nn.initializers.normal(0.02)
-    embed = lambda n, name: nn.Embed(n, c.hidden_size, embedding_init=init, dtype=dtype,
-                                     name=name)
-    x = (embed(c.vocab_size, "word_embeddings")(input_ids)
+    embed = lambda n, name, width=c.hidden_size: nn.Embed(n, width, embedding_init=init,
+                                                          dtype=dtype, name=name)
+    if c.embedding_rank:
+      words = embed(c.vocab_size, "word_embeddings", c.embedding_rank)(input_ids)
+      words = nn.Dense(c.hidden_size, use_bias=False, dtype=dtype, kernel_init=init,
+                       name="word_projection")(words)
+    else:
+      words = embed(c.vocab_size, "word_embeddings")(input_ids)
+    x = (words
          + embed(c.max_position, "position_embeddings")(jnp.arange(length)[None, :])
          + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids))
     x = nn.LayerNorm(c.layer_norm_eps, dtype=dtype, name="layer_norm")(x)

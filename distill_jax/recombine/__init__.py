@@ -8,6 +8,7 @@ from distill_jax.partition import combine, partition
 from distill_jax.partition.core import with_groups
 from distill_jax.recombine.accounting import account, format_accounting
 from distill_jax.recombine.context import Context
+from distill_jax.recombine.factorize import fold, unfold
 from distill_jax.recombine.strategies import STRATEGIES, layer_groups, plan_layers
 
 # Importing registers the data-driven strategies too.
@@ -24,8 +25,11 @@ def recombine(teacher_params: Any, student_params: Any, *, strategy: str,
               **options) -> tuple[Any, dict]:
   """Student params made by ``strategy`` from the teacher, plus the accounting report."""
   teacher, student = partition(teacher_params, rules), partition(student_params, rules)
-  groups, reused, info = STRATEGIES.get(strategy)(teacher, student, context or Context(),
-                                                  **options)
+  # A factorised token table is recombined at full width, then split by SVD (factorize.py).
+  stand_in, factored = unfold(student)
+  context = context or Context()
+  groups, reused, info = STRATEGIES.get(strategy)(teacher, stand_in, context, **options)
+  groups, reused, info = fold(student, groups, reused, info, factored, context.batch)
   result = with_groups(student, groups)
   return combine(result), account(teacher, result, reused, dict(info, strategy=strategy))
 

@@ -36,6 +36,11 @@ def format_accounting(report: dict) -> str:
   lines.append(f"M' = {report['reused_params']:,} reused from the teacher, "
                f"{report['new_params']:,} newly initialised; compression m/M = "
                f"{report['compression']:.2f}x")
+  for key, f in report.get("factorized", {}).items():
+    weighted = (f", {f['token_weighted_error']:.3f} weighted by the calibration tokens"
+                if f.get("token_weighted_error") is not None else "")
+    lines.append(f"factorised {key}: rank {f['rank']}, relative error "
+                 f"{f['relative_error']:.3f}{weighted}")
   return "\n".join(lines)
 
 

@@ -18,6 +18,8 @@ POSITION_IDS = "embeddings.position_ids"
 
 # HF module -> Flax module, outside the layers and inside ``encoder.layer.{i}.``.
 _TOP = {"embeddings.word_embeddings": "embeddings/word_embeddings",
+        # factorised token table only (BertConfig.embedding_rank): not a transformers name
+        "embeddings.word_projection": "embeddings/word_projection",
         "embeddings.position_embeddings": "embeddings/position_embeddings",
         "embeddings.token_type_embeddings": "embeddings/token_type_embeddings",
         "embeddings.LayerNorm": "embeddings/layer_norm",
