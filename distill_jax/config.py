@@ -87,8 +87,10 @@ def defaults() -> ml_collections.ConfigDict:
                 # Choose the init among plans before training, without labels: "agreement"
                 # scores each plan's student against the teacher on num_examples training
                 # inputs. plans=(): every choice of the student's depth among the teacher's
-                # layers (select).
-                choose=dict(by="", num_examples=1000, plans=()),
+                # layers (select). Plans may change student.model (depth, widths,
+                # embedding_rank); budget > 0 skips those over budget parameters (<= 1: that
+                # fraction of the teacher's).
+                choose=dict(by="", num_examples=1000, plans=(), budget=0.0),
                 # Plans scored on held-out data right after initialisation, for the report.
                 compare=(),
                 # strategy "blockwise" (student.model: "<family>_stitched" with blocks=(spec,

@@ -4,7 +4,6 @@ the job use it; so do search, sweep, the benchmarks and the tests.
 """
 import copy
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -14,15 +13,14 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
+from distill_jax import choose
 from distill_jax import features as features_lib
-from distill_jax import losses, models, paths, plans, recombine, sharding, teacher_cache, train
+from distill_jax import losses, models, paths, recombine, sharding, teacher_cache, train
 from distill_jax.checkpoint import (Checkpointer, MODEL_FILE, load_export_params,
                                     read_export_meta, save_export)
-from distill_jax.config import apply_overrides
 from distill_jax.data import local_indices, steps_per_epoch
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.loop import MetricsWriter, fit
-from distill_jax.partition import partition
 from distill_jax.paths import count_params, fingerprint
 from distill_jax.recombine.accounting import format_accounting, write_accounting
 from distill_jax.tasks import TASKS, Task, TaskData
@@ -260,56 +258,6 @@ def init_student(run: Run, student, teacher, teacher_params: Any,
   return params, report
 
 
-def layer_plans(run: Run, student, teacher_params: Any) -> list[dict]:
-  """``select`` plans for every choice of the student's depth among the teacher's layers."""
-  rules = run.config.student.init.rules
-  depth = lambda params: len(recombine.layer_groups(partition(params, rules)))
-  m = depth(jax.eval_shape(student.init, key(run.config), dict(run.data.example)))
-  return [{"name": "layers_" + ",".join(map(str, c)), "student.init.strategy": "select",
-           "student.init.select.layers": c}
-          for c in itertools.combinations(range(depth(teacher_params)), m)]
-
-
-def score_inits(run: Run, candidates: Sequence[dict], what: str, student, teacher,
-                teacher_params: Any, teacher_id: str, measure) -> list[dict]:
-  """Each plan's student, right after initialisation, scored by ``measure(params, report)``;
-  cached in ``WORKDIR/<what>/<plan>/``."""
-  planned = lambda p: run.with_config(apply_overrides(run.config, plans.plan_overrides(p, what)))
-
-  def score(p: dict, directory: str) -> dict:
-    return measure(*init_student(planned(p), student, teacher, teacher_params))
-
-  return plans.run_plans(candidates, score, os.path.join(run.workdir, what.split(".")[-1]),
-                         lambda p: plans.key_of(planned(p).config.student, run.config.data,
-                                                run.data.identity, teacher_id, what), what=what)
-
-
-def choose_init(run: Run, student, teacher, teacher_params: Any,
-                teacher_id: str) -> tuple[Run, dict]:
-  """``student.init.choose``: the plan whose student agrees best with the teacher before any
-  training (no labels); returns the run with that plan applied, and every plan's score."""
-  choose = run.config.student.init.choose
-  if not choose.by:
-    return run, {}
-  if choose.by != "agreement":
-    raise InputError(f"student.init.choose.by={choose.by!r}: use '' or 'agreement'")
-  rows = {k: v[:choose.num_examples] for k, v in run.data.train.items()}
-  name = run.task.agreement_output
-  outputs = lambda m, p: train.predict(m, p, rows, run.mesh, run.config.eval_batch_size,
-                                       run.data.prepare, (name,))[name]
-  reference = outputs(teacher, teacher_params)          # the teacher's, once for every plan
-  entries = score_inits(
-      run, list(choose.plans) or layer_plans(run, student, teacher_params),
-      "student.init.choose", student, teacher, teacher_params, teacher_id,
-      lambda params, _: {"agreement": run.task.agreement(outputs(student, params), reference)})
-  best = max(entries, key=lambda e: e["agreement"])
-  print(f"student init chosen by agreement with the teacher on {choose.num_examples} training "
-        f"examples: {best['plan']['name']} ({best['agreement']:.4f}; {len(entries)} plans)")
-  chosen = run.with_config(apply_overrides(run.config, plans.plan_overrides(best["plan"], "")))
-  return chosen, {"chosen": best["plan"]["name"],
-                  "agreement": {e["plan"]["name"]: e["agreement"] for e in entries}}
-
-
 def distill(run: Run, student, params: Any, teacher, teacher_params: Any,
             teacher_layers: Optional[Sequence[int]], eval_fn) -> Any:
   """``distill.terms`` on the student; with ``distill.stage1.steps``, the feature terms alone
@@ -338,14 +286,16 @@ def student_path(run: Run, teacher, teacher_params: Any, reference: Any,
     run, assembly = blockwise.plan(run, teacher, teacher_params)
   student = student_model(run.config, run.data, teacher)
   teacher_id = fingerprint(teacher_params)
-  run, choice = choose_init(run, student, teacher, teacher_params, teacher_id)
+  run, choice = choose.choose_init(run, student, teacher, teacher_params, teacher_id)
+  if choice:        # the chosen plan may have changed the student's shape
+    student = student_model(run.config, run.data, teacher)
   # student.init.compare: plans scored on held-out data right after initialisation (report)
   compared = {e["plan"]["name"]: {k: v for k, v in e.items() if k != "plan"}
-              for e in score_inits(run, run.config.student.init.compare, "student.init.compare",
-                                   student, teacher, teacher_params, teacher_id,
-                                   lambda params, report: {
-                                       **run.evaluator(student, reference)(params),
-                                       "reused_params": report["reused_params"]})}
+              for e in choose.score_inits(
+                  run, run.config.student.init.compare, "student.init.compare", student,
+                  teacher, teacher_params, teacher_id, lambda model, params, report: {
+                      **run.evaluator(model, reference)(params),
+                      "reused_params": report["reused_params"]})}
   params, report = init_student(run, student, teacher, teacher_params, write)
   if run.config.student.init.strategy == "blockwise" and run.config.student.init.blockwise.plain:
     from distill_jax.blockwise import as_plain
