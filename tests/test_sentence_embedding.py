@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from distill_jax import losses, models, runner, train
+from distill_jax import choose, losses, models, runner, train
 from distill_jax.config import defaults
 from distill_jax.models.bert import mean_pool
 from distill_jax.paths import flatten
@@ -103,7 +103,7 @@ def test_the_init_is_chosen_among_every_layer_choice_by_agreement_without_labels
   run = _run(tmp_path, _batch(8))
   run.config.student.init.choose.by = "agreement"
   run.config.student.init.choose.num_examples = 8
-  chosen, choice = runner.choose_init(run, student, teacher, tp, "teacher-id")
+  chosen, choice = choose.choose_init(run, student, teacher, tp, "teacher-id")
   # 2 of the teacher's 4 layers: 6 plans, each scored by mean cosine with the teacher
   assert sorted(choice["agreement"]) == ["layers_0,1", "layers_0,2", "layers_0,3", "layers_1,2",
                                          "layers_1,3", "layers_2,3"]
@@ -119,7 +119,7 @@ def test_the_init_is_chosen_among_every_layer_choice_by_agreement_without_labels
   again = np.mean(np.sum(unit(pooled(student, params)) * unit(pooled(teacher, tp)), -1))
   assert again == pytest.approx(choice["agreement"][best], rel=1e-5)
   # a rerun reads every score back instead of recomputing it
-  assert runner.choose_init(run, student, teacher, tp, "teacher-id")[1] == choice
+  assert choose.choose_init(run, student, teacher, tp, "teacher-id")[1] == choice
 
 
 def test_the_pooled_cache_matches_the_teacher_and_is_rebuilt_when_stale(tmp_path):
