@@ -170,7 +170,8 @@ def jax_step(s: dict) -> tuple[Callable[[], dict], float, float]:
   teacher_shardings = sharding.tree_shardings(s["tparams"], config.sharding.teacher, run.mesh)
   tparams = sharding.place(s["tparams"], teacher_shardings)
   step = train.make_train_step(s["student"], bound, s["teacher"], features=resolved,
-                               mixup_alpha=recipe.mixup, micro_batches=config.micro_batches)
+                               mixup_alpha=recipe.mixup, micro_batches=config.micro_batches,
+                               frozen=tuple(recipe.frozen))
   jitted = train.jit_train_step(step, run.mesh, state_shardings, teacher_shardings)
   state = sharding.place(state, state_shardings, copy=True)   # as fit: the step donates it
   batch = sharding.shard_batch(sharding.process_batch(s["batch"]), run.mesh)

@@ -107,7 +107,7 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
       teacher_dtype=None if config.distill.teacher_dtype == "float32"
       else config.distill.teacher_dtype,
       resample=run.task.sampler(model, config) if on_policy else None,
-      resample_fraction=on_policy)
+      resample_fraction=on_policy, frozen=tuple(recipe.get("frozen", ())))
   jitted = train.jit_train_step(step, run.mesh, state_shardings, teacher_shardings)
   n, batch_size = data.num_train, config.batch_size
   per_epoch = steps_per_epoch(n, batch_size)

@@ -50,6 +50,12 @@ def learning_rate_schedule(learning_rate: float, num_steps: int) -> optax.Schedu
   return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
 
 
+def frozen_paths(frozen: Sequence[str]) -> Callable[[str], bool]:
+  """Whether a "/"-joined parameter path fullmatches one of the ``frozen`` regexes."""
+  patterns = [re.compile(p) for p in frozen]
+  return lambda path: any(p.fullmatch(path) for p in patterns)
+
+
 def make_optimizer(learning_rate: float, num_steps: int, frozen: Sequence[str] = (),
                    weight_decay: float = 0.0) -> optax.GradientTransformation:
   """Adam with :func:`learning_rate_schedule` over ``(params, projections)``; parameters
@@ -62,13 +68,12 @@ def make_optimizer(learning_rate: float, num_steps: int, frozen: Sequence[str] =
     adam = optax.chain(optax.add_decayed_weights(weight_decay), adam)
   if not frozen:
     return adam
-  patterns = [re.compile(p) for p in frozen]
+  is_frozen = frozen_paths(frozen)
 
   def labels(tree):
     params, projections = tree
     flat = paths.flatten(params)
-    return (paths.unflatten({k: "frozen" if any(p.fullmatch(k) for p in patterns) else "train"
-                             for k in flat}),
+    return (paths.unflatten({k: "frozen" if is_frozen(k) else "train" for k in flat}),
             jax.tree.map(lambda _: "train", projections))
   return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
 
@@ -127,7 +132,8 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
                     features: Sequence[Resolved] = (), mixup_alpha: float = 0.0,
                     mixup_keys: Sequence[str] = ("x",), micro_batches: int = 1,
                     teacher_dtype: Optional[str] = None,
-                    resample: Optional[Callable] = None, resample_fraction: float = 0.0):
+                    resample: Optional[Callable] = None, resample_fraction: float = 0.0,
+                    frozen: Sequence[str] = ()):
   """The pure ``train_step(state, batch, teacher_params) -> (state, metrics)``.
 
   Loss: ``sum(weight * term)`` (``features``: the feature terms, resolved). The teacher runs
@@ -137,9 +143,21 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
   update. ``resample(params, batch, rng) -> batch`` (on-policy distillation): on
   ``resample_fraction`` of the steps (:func:`is_resampled`) the batch is first replaced by
   what the student itself generates from it (its current parameters, no gradient); the
-  terms then score that. Metrics: the loss, each term, the gradient norm, accuracy (logits
-  and labels), ``resampled`` (1 on resampled steps).
+  terms then score that. ``frozen``: regexes of parameter paths that are not trained (as
+  :func:`make_optimizer`'s): held under ``stop_gradient``, so no gradient is computed for them
+  or for what only they need (the input gradient of the first trained layer after frozen
+  embeddings), and the gradient norm is that of the trained parameters. Metrics: the loss,
+  each term, the gradient norm, accuracy (logits and labels), ``resampled`` (1 on resampled
+  steps).
   """
+  is_frozen = frozen_paths(frozen)
+
+  def hold(params):   # the frozen leaves under stop_gradient
+    if not frozen:
+      return params
+    return paths.unflatten({k: jax.lax.stop_gradient(v) if is_frozen(k) else v
+                            for k, v in paths.flatten(params).items()})
+
   resolved = {r.index: r for r in features}
   capture = bool(resolved)
   reads_teacher = any(b.term.teacher for b in terms)
@@ -153,7 +171,7 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
 
     def loss_fn(trainable):
       p, proj = trainable
-      s_out, s_feats = student.apply(p, batch, train=True, rngs={"dropout": dropout_rng},
+      s_out, s_feats = student.apply(hold(p), batch, train=True, rngs={"dropout": dropout_rng},
                                      capture=capture)
       t_out, t_feats = (teacher_outputs(teacher, teacher_params, batch, capture,
                                         s_out.get("logits", jnp.zeros((1, 1))).shape[-1],

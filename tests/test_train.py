@@ -192,3 +192,21 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
                                        r"divisible by its 2 devices"):
     sharding.shard_batch({"x": np.zeros((5, 2))}, type("M", (), {
         "shape": {"data": 2}, "axis_names": ("data",)})())
+
+
+def test_frozen_parameters_keep_their_values_and_stay_out_of_the_gradient_norm():
+  from distill_jax import paths
+  student = mlp((16, 16))
+  state, batch = state_for(student), fixed_batch()
+  frozen = (r"Dense_0/.*",)
+  state = train.TrainState.create(state.params, train.make_optimizer(1e-2, 10, frozen),
+                                  jax.random.PRNGKey(0))
+  new, metrics = _step(student, terms=(("ce", 1.0, {}),), frozen=frozen)(state, batch)
+  before, after = paths.flatten(state.params), paths.flatten(new.params)
+  grads = paths.flatten(jax.grad(lambda p: losses.cross_entropy(
+      student.apply(p, batch)[0]["logits"], batch["y"]))(state.params))
+  trained = [k for k in before if not k.startswith("Dense_0/")]
+  for k in before:
+    assert np.array_equal(after[k], before[k]) == k.startswith("Dense_0/"), k
+  want = np.sqrt(sum(float(np.sum(np.square(grads[k]))) for k in trained))
+  assert float(metrics["grad_norm"]) == pytest.approx(want, rel=1e-5)
