@@ -22,7 +22,7 @@ LAYERS = {
         "text.hf_llama", "text.generate", "plots"),
     3: ("train", "loop"),
     4: ("tasks",),
-    5: ("runner", "plans", "manifest", "evaluation_cache", "blockwise"),
+    5: ("runner", "choose", "plans", "manifest", "evaluation_cache", "blockwise"),
     6: ("checks",),
     7: ("main", "search", "sweep", "evaluate", "report", "cli", "blockwise.model_stitching"),
 }
