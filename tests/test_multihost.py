@@ -53,9 +53,12 @@ def test_two_processes_match_one_process(tmp_path):
            for i in range(2)]
   for p in procs:
     _finish(p)
-  # one process with the same two-device mesh, and one process on one device
-  _finish(_launch(tmp_path / "one", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
-  _finish(_launch(tmp_path / "single", env={"XLA_FLAGS": ""}))
+  # one process with the same two-device mesh, and one process on one device (side by side:
+  # most of each is start-up and compilation)
+  two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  for p in [_launch(tmp_path / "one", env=two_devices),
+            _launch(tmp_path / "single", env={"XLA_FLAGS": ""})]:
+    _finish(p)
 
   two, one, single = (_losses(tmp_path / n) for n in ("two", "one", "single"))
   assert [s[:2] for s in two] == [s[:2] for s in one] and len(two) == 8
