@@ -7,14 +7,12 @@ Both sides: all-MiniLM-L6-v2's blocks 0, 4, 5 and embeddings (frozen: under stop
 requires_grad False), dropout off, float32, a random token batch without padding, loss
 sum(mean-pooled hidden states ^ 2). distill_jax: ``BertEncoder`` under ``jax.jit``; PyTorch:
 ``transformers.BertModel`` (its default attention), eager, on the same CPU threads. Each figure
-is seconds per call, the mean of 10 after a warm-up; three rounds. benchmarks/minilm_step.py
+is seconds per call, the median of 10 after a warm-up call; three rounds. benchmarks/minilm_step.py
 times the whole step.
 """
 import argparse
 import os
 import sys
-import time
-from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,20 +20,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.lm_kd_torch import seconds_of  # noqa: E402
 from distill_jax.models.bert import (BertConfig, BertEncoder, bert_config_to_hf,  # noqa: E402
                                      mean_pool)
 from distill_jax.text import minilm  # noqa: E402
 from distill_jax.text.weights import params_to_hf_tensors  # noqa: E402
 
 LAYERS = (0, 4, 5)
-
-
-def seconds(fn: Callable[[], object], n: int = 10) -> float:
-  fn()
-  start = time.perf_counter()
-  for _ in range(n):
-    fn()
-  return (time.perf_counter() - start) / n
 
 
 def main() -> None:
@@ -87,13 +78,16 @@ def main() -> None:
     value.backward()
     return value.item()
 
-  jax_value, torch_value = float(forward(sp)), torch_forward()
+  jax_value, torch_value = float(forward(sp)), torch_forward()   # also the warm-up calls
+  backward(sp)[0].block_until_ready()
+  torch_backward()
   print(f"machine: {threads} CPU threads, jax {jax.__version__}, torch {torch.__version__}; "
         f"batch {args.batch} x {args.length} tokens; losses {jax_value:.4f} / {torch_value:.4f}")
   for r in range(3):
-    jf = seconds(lambda: forward(sp).block_until_ready())
-    jb = seconds(lambda: backward(sp)[0].block_until_ready())
-    tf, tb = seconds(torch_forward), seconds(torch_backward)
+    jax_forward = lambda: forward(sp).block_until_ready()
+    jax_backward = lambda: backward(sp)[0].block_until_ready()
+    jf, jb, tf, tb = (seconds_of(f, 10) for f in (jax_forward, jax_backward, torch_forward,
+                                                  torch_backward))
     print(f"round {r + 1}: distill_jax forward {jf:.3f} s, forward + backward {jb:.3f} s "
           f"({jb / jf:.1f}x); PyTorch forward {tf:.3f} s, forward + backward {tb:.3f} s "
           f"({tb / tf:.1f}x)", flush=True)

@@ -59,7 +59,6 @@ compiling).
 ``--smoke``: batch 4, length 32, 1 warm-up step, 1 round of 2 steps (about 45 s in all).
 """
 import argparse
-import importlib.util
 import math
 import os
 import platform
@@ -77,6 +76,7 @@ import numpy as np  # noqa: E402
 from benchmarks.lm import cpu_model  # noqa: E402
 from distill_jax import features as features_lib  # noqa: E402
 from distill_jax import losses, runner, sharding, train  # noqa: E402
+from distill_jax.config import load  # noqa: E402
 from distill_jax.data import local_indices  # noqa: E402
 from distill_jax.text import minilm  # noqa: E402
 
@@ -119,10 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
   """configs/minilm_l6_to_l3.py with this benchmark's data, sizes and fixed layer choice."""
-  spec = importlib.util.spec_from_file_location("minilm_l6_to_l3", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load(CONFIG)
   c.data.path = args.data or SENTENCES
   c.data.eval_path = EVAL_PAIRS
   c.data.max_length, c.batch_size = args.max_length, args.batch_size

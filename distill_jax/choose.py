@@ -36,9 +36,10 @@ def score_inits(run: runner.Run, candidates: Sequence[dict], what: str, student,
   planned = lambda p: run.with_config(apply_overrides(run.config, plans.plan_overrides(p, what)))
 
   def score(p: dict, directory: str) -> dict:   # a plan may change the student's shape
+    plan_run = planned(p)
     reshaped = any(k.startswith("student.model.") for k in plans.plan_overrides(p, what))
-    model = runner.student_model(planned(p).config, run.data, teacher) if reshaped else student
-    return measure(model, *runner.init_student(planned(p), model, teacher, teacher_params))
+    model = runner.student_model(plan_run.config, run.data, teacher) if reshaped else student
+    return measure(model, *runner.init_student(plan_run, model, teacher, teacher_params))
 
   return plans.run_plans(candidates, score, os.path.join(run.workdir, what.split(".")[-1]),
                          lambda p: plans.key_of(planned(p).config.student, run.config.data,
@@ -92,7 +93,10 @@ def within_budget(run: runner.Run, candidates: list[dict], teacher,
     config = apply_overrides(run.config, plans.plan_overrides(p, "student.init.choose"))
     model = runner.student_model(config, run.data, teacher)
     size = count_params(jax.eval_shape(model.init, runner.key(config), dict(run.data.example)))
-    (kept.append(p) if size <= limit else over.__setitem__(p["name"], size))
+    if size <= limit:
+      kept.append(p)
+    else:
+      over[p["name"]] = size
   if not kept:
     raise InputError(f"student.init.choose.budget={budget:g} ({limit:,.0f} params): every plan "
                      f"is over it ({', '.join(f'{n} {s:,}' for n, s in over.items())})")
