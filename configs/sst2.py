@@ -47,11 +47,14 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.task = "text_classification"
   c.data.source, c.data.path, c.data.eval_path = "tsv", "", ""
   c.data.max_length, c.data.eval_max_length = 64, 64
+  # Batches of similar lengths: a random batch of SST-2 pads to ~50 tokens, a grouped one to
+  # ~20 (its rows average 14), so a step costs 2.3x less.
+  c.data.group_by_length = 50
   c.batch_size, c.eval_batch_size = 32, 128
   c.log_every, c.eval_every, c.checkpoint_every = 50, 0, 250
   c.teacher.init = "minilm"
   c.teacher.model = ml_collections.ConfigDict(dict(name="bert_classifier", with_pooler=False))
-  c.teacher.steps, c.teacher.learning_rate = 400, 5e-5
+  c.teacher.steps, c.teacher.learning_rate = 600, 5e-5
   c.student.init.rules = (("regex", r"embeddings/.*", "embeddings"),
                           ("depth", r"encoder/layer_(\d+)"),
                           ("regex", r"classifier/.*", "head"))
@@ -65,7 +68,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.baseline.enabled = c.baseline.from_init = True   # labels only, over the same embeddings
   else:
     c.student.model = ml_collections.ConfigDict(dict(name="bert_classifier", num_layers=3))
-    c.student.steps, c.student.learning_rate = 400, 1e-4
+    c.student.steps, c.student.learning_rate = 1000, 1e-4
     c.student.init.strategy = "select"
     c.student.init.choose.by, c.student.init.choose.num_examples = "agreement", 1000
     c.student.init.compare = (plan("select_evenly", **select(())),

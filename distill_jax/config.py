@@ -37,6 +37,9 @@ def defaults() -> ml_collections.ConfigDict:
       # other_eval_tokens tokens (metric perplexity_<name>; never trained on)
       other_eval=(), other_eval_tokens=8192,
       train_sequences=0,            # LMs: train on the first N packed sequences (0: all)
+      # text: k > 0 sorts each run of k training batches by length before cutting it, then
+      # shuffles the batches (little padding per batch; Hugging Face's group_by_length)
+      group_by_length=0,
       # graphs (sources graph_npz | planetoid): the split ("per_class": n train and n val
       # nodes per class, seeded by split_seed, the rest test; "public": Planetoid's), the
       # largest connected component only, feature normalisation ("row" | "none")

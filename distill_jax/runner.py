@@ -64,6 +64,14 @@ def key(config, part: Any = None) -> jax.Array:
   return base if part is None else jax.random.fold_in(base, part)
 
 
+def example_lengths(arrays: dict) -> np.ndarray:
+  """Each training row's token count (``attention_mask``'s row sums), for length grouping."""
+  if "attention_mask" not in arrays:
+    raise InputError(f"data.group_by_length needs token rows with an attention_mask; this "
+                     f"task's training arrays are {sorted(arrays)}")
+  return np.asarray(arrays["attention_mask"]).sum(1)
+
+
 def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequence,
                 teacher: Optional[tuple] = None, teacher_layers: Optional[Sequence[int]] = None,
                 eval_fn=None) -> Any:
@@ -111,15 +119,18 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
   jitted = train.jit_train_step(step, run.mesh, state_shardings, teacher_shardings)
   n, batch_size = data.num_train, config.batch_size
   per_epoch = steps_per_epoch(n, batch_size)
+  group = config.data.get("group_by_length", 0)
+  lengths = example_lengths(arrays) if group else None
 
   def batch_fn(i: int) -> dict:
     return data.rows(local_indices(n, batch_size, config.seed, i, jax.process_index(),
-                                   jax.process_count()), arrays)
+                                   jax.process_count(), lengths, group), arrays)
 
   def data_meta(i: int) -> dict:
     epoch, index = divmod(i, per_epoch)
     return {"phase": phase, "data": {"seed": config.seed, "batch_size": batch_size,
-                                     "epoch": epoch, "index_in_epoch": index}}
+                                     "group_by_length": group, "epoch": epoch,
+                                     "index_in_epoch": index}}
 
   checkpointer = Checkpointer(os.path.join(run.workdir, phase, "checkpoints"))
   try:

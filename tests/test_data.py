@@ -43,6 +43,37 @@ def test_batches_depend_only_on_seed_and_step_and_reshuffle_each_epoch():
   np.testing.assert_array_equal(np.concatenate(halves), a)
 
 
+def test_length_grouped_batches_are_homogeneous_random_and_cover_the_epoch():
+  n, b, group = 1000, 10, 5
+  lengths = np.random.default_rng(0).integers(1, 60, n)
+  per_epoch = data_lib.steps_per_epoch(n, b)
+  batches = [data_lib.batch_indices(n, b, 3, s, lengths, group) for s in range(per_epoch)]
+  seen = np.concatenate(batches)
+  # the same examples as the plain epoch (whole batches of its permutation), each once
+  np.testing.assert_array_equal(np.sort(seen), np.sort(np.concatenate(
+      [data_lib.batch_indices(n, b, 3, s) for s in range(per_epoch)])))
+  # each run of `group` batches of the permutation, sorted by length, cut into batches
+  order = np.random.default_rng([3, 0]).permutation(n)
+  run = order[:group * b]
+  expected = set(tuple(sorted(run[np.argsort(-lengths[run], kind="stable")][i:i + b]))
+                 for i in range(0, group * b, b))
+  assert expected <= {tuple(sorted(x)) for x in batches}
+  # padding: the longest row per batch is far below random batches' on average
+  longest = np.mean([lengths[x].max() for x in batches])
+  plain = np.mean([lengths[data_lib.batch_indices(n, b, 3, s)].max() for s in range(per_epoch)])
+  assert longest < 0.8 * plain, (longest, plain)
+  # the batch order does not follow length: the first 20 batches are not sorted
+  firsts = [lengths[x].max() for x in batches[:20]]
+  assert firsts != sorted(firsts, reverse=True) and firsts != sorted(firsts)
+  # deterministic in (seed, step); another seed, another order; two hosts split a batch
+  np.testing.assert_array_equal(batches[7], data_lib.batch_indices(n, b, 3, 7, lengths, group))
+  assert not np.array_equal(batches[7], data_lib.batch_indices(n, b, 4, 7, lengths, group))
+  halves = [data_lib.local_indices(n, b, 3, 7, p, 2, lengths, group) for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), batches[7])
+  with pytest.raises(data_lib.batches.InputError, match=r"one length per example \(1000\), got 999"):
+    data_lib.batch_indices(n, b, 3, 0, lengths[:-1], group)
+
+
 def test_npz_source_loads_and_splits(tmp_path):
   path = tmp_path / "d.npz"
   x = np.random.default_rng(0).random((50, 4, 4)).astype(np.float32)
@@ -121,3 +152,12 @@ def test_mnist1d_source_gives_the_published_4000_1000_split():
   assert (ds.x_train.shape, ds.x_test.shape) == ((4000, 40), (1000, 40))
   assert ds.x_train.dtype == np.float32 and ds.num_classes == 10
   assert sorted(set(ds.y_train.tolist())) == list(range(10))
+
+
+def test_example_lengths_count_real_tokens_and_name_what_is_missing():
+  from distill_jax import runner
+  mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+  np.testing.assert_array_equal(runner.example_lengths({"attention_mask": mask}), [2, 4, 1])
+  with pytest.raises(data_lib.batches.InputError,
+                     match=r"needs token rows with an attention_mask; .* \['x', 'y'\]"):
+    runner.example_lengths({"x": np.zeros((3, 2)), "y": np.zeros(3, int)})
