@@ -8,12 +8,12 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from distill_jax import features, losses, models, recombine, sharding
+from distill_jax import features, losses, models, recombine, sharding, train
 from distill_jax.config import apply_overrides, plan_overrides
 from distill_jax.data import steps_per_epoch
 from distill_jax.errors import InputError
 from distill_jax.paths import compile_regex, flatten
-from distill_jax.runner import load_model, student_model
+from distill_jax.runner import check_cache, load_model, student_model
 from distill_jax.tasks import TASKS, TaskData
 
 
@@ -64,6 +64,13 @@ def check_values(config) -> None:
   if config.distill.on_policy.fraction > 1 or not 0 < config.distill.on_policy.top_p <= 1:
     raise InputError(f"distill.on_policy: fraction={config.distill.on_policy.fraction} must be "
                      f"<= 1 and top_p={config.distill.on_policy.top_p} in (0, 1]")
+  for phase in ("student",) if config.teacher.load else ("teacher", "student"):
+    recipe = config[phase]     # built at the phase's start: vetted before anything runs
+    try:
+      train.make_optimizer(1.0, 100, (), 0.0, recipe.optimizer, recipe.momentum,
+                           **train.schedule_options(recipe))
+    except InputError as e:
+      raise InputError(f"{phase}.optimizer / {phase}.schedule: {e}") from None
   if config.search.val_fraction >= 1:
     raise InputError(f"search.val_fraction={config.search.val_fraction}: must be < 1")
   if config.batch_size % config.micro_batches:
@@ -144,6 +151,7 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
               init_only: bool = False) -> None:
   """The checks of one run's config given the data and the teacher (a dry run on shapes);
   ``init_only``: of the student's initialisation alone (plans that are never trained)."""
+  check_cache(config, data)
   task.check(config, data)
   for role in ("teacher", "student"):
     if config[role].mixup and not data.mixup_keys:

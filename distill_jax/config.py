@@ -15,6 +15,11 @@ LABELS = (("ce", 1.0, {}),)                 # cross-entropy on the labels
 HINTON = (("kd", 0.9, {"temperature": 4.0}), ("ce", 0.1, {}))
 
 
+# A phase's optimizer: "adam" | "sgd" (with momentum, as PyTorch's); learning-rate schedule
+# "cosine" (to zero) | "steps" (x decay at each boundary, fractions of the phase) | "constant".
+OPTIMIZER = dict(optimizer="adam", momentum=0.9, schedule="cosine", boundaries=(), decay=0.1)
+
+
 def defaults() -> ml_collections.ConfigDict:
   """Every key with its default; example configs override what they need."""
   c = ml_collections.ConfigDict()
@@ -45,6 +50,17 @@ def defaults() -> ml_collections.ConfigDict:
       # largest connected component only, feature normalisation ("row" | "none")
       graph=dict(split="per_class", train_per_class=20, val_per_class=30,
                  largest_component=False, normalize="row"),
+      # Streaming (distill_jax/data/streaming.py, grain): data.source "array_record" (data.path
+      # and data.eval_path: glob patterns of record files, data.num_classes) or "tfds" with
+      # stream=True (tfds.data_source over ArrayRecord); each host reads its own shard, batches
+      # are a function of (seed, step). num_workers > 0: decoding and augmentation in worker
+      # processes.
+      stream=False, num_workers=0, eval_split="test",
+      # Host-side image augmentation (distill_jax/data/augment.py), so that teacher and student
+      # see the same images: per example before batching (e.g. "inception_crop:224", "flip")
+      # and per batch (e.g. "crop", "flip", "mixup:0.2", "cutmix:1.0"); eval_example: the
+      # held-out images' preprocessing (e.g. "center_crop:224"). Any of them streams the data.
+      example_augment=(), batch_augment=(), eval_example=(),
       # text classification: `copies` unlabelled altered copies of each training sentence
       # (n-gram sampling, then masking; Tang et al. 2019) that only the teacher terms see
       augment=dict(copies=0, mask_prob=0.1, ngram_prob=0.25, seed=0))
@@ -66,8 +82,8 @@ def defaults() -> ml_collections.ConfigDict:
   # ``init``: a pretrained model or export whose arrays start the teacher's training where
   # paths and shapes match (e.g. "minilm" under a fresh classification head).
   c.teacher = dict(model=dict(name="mlp"), load="", init="", steps=1000, learning_rate=1e-3,
-                   weight_decay=0.0,  # L2 on the gradient before Adam (0: none)
-                   mixup=0.0, frozen=(), terms=LABELS)
+                   weight_decay=0.0,  # L2 on the gradient before the optimizer (0: none)
+                   mixup=0.0, frozen=(), terms=LABELS, **OPTIMIZER)
   # The student trained from scratch on labels with the student's recipe, for comparison.
   # from_init: start it from the student's initialisation (the teacher's parts it reuses, e.g.
   # frozen token embeddings) instead of a fresh one, so that only the terms differ.
@@ -77,6 +93,7 @@ def defaults() -> ml_collections.ConfigDict:
   c.student = dict(
       model=dict(name="mlp"), steps=1000, learning_rate=1e-3, weight_decay=0.0, mixup=0.0,
       frozen=(),                    # regexes of parameters that get no updates
+      **OPTIMIZER,
       # random|copy|select|average|similarity|width|influence|prune|blockwise
       init=dict(strategy="random",
                 rules=(("depth", r"Dense_(\d+)"),),

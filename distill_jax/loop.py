@@ -70,16 +70,20 @@ def fit(*, phase: str, state: TrainState, step_fn: Callable, batch_fn: Callable[
         log_every: int = 10, checkpoint_every: int = 500,
         learning_rate_fn: Optional[Callable[[int], float]] = None,
         data_meta: Optional[Callable[[int], dict]] = None,
+        check_meta: Optional[Callable[[dict], None]] = None,
         eval_fn: Optional[Callable[[Any], dict]] = None, eval_every: int = 0) -> TrainState:
   """Train ``state`` for ``num_steps`` total steps (resuming where a previous run stopped).
 
   ``batch_fn(step)`` returns this process's numpy batch for global step ``step``;
   ``eval_fn(params)`` (every ``eval_every`` steps and at the end) returns held-out metrics.
+  ``data_meta(step)`` is saved with each checkpoint; ``check_meta(saved)`` vets it on resume.
   """
   state = sharding.place(state, state_shardings, copy=True)   # the step donates it
   restored = checkpointer.restore(state)
   if restored is not None:
-    state, _ = restored
+    state, meta = restored
+    if check_meta:        # e.g. a streamed run resumed with another seed: refused, not rerun
+      check_meta(meta)
   start = int(jax.device_get(state.step))
   bar = tqdm(total=num_steps, initial=start, desc=phase, unit="step", mininterval=1.0,
              dynamic_ncols=True, disable=jax.process_index() != 0)

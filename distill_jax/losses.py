@@ -6,7 +6,7 @@
 import dataclasses
 import inspect
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -96,11 +96,15 @@ def bind(specs: Sequence, what: str) -> list[Bound]:
 
 # --- output terms -----------------------------------------------------------------------------
 
-def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray,
+                  weights: Optional[jnp.ndarray] = None) -> jnp.ndarray:
   """CE(y, s) = -log softmax(s)[y], averaged over the labelled examples: a label < 0 marks an
-  example without one (a graph's nodes outside the training set), which counts for nothing."""
+  example without one (a graph's nodes outside the training set), which counts for nothing.
+  ``weights`` (broadcast to the labels' shape) scale each example's term (mixup's lambda)."""
   labelled = labels >= 0
   per_example = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+  if weights is not None:
+    per_example = per_example * jnp.broadcast_to(weights, per_example.shape)
   return jnp.where(labelled, per_example, 0.0).sum() / jnp.maximum(labelled.sum(), 1)
 
 
@@ -151,12 +155,15 @@ def topk_kl_divergence(values: jnp.ndarray, indices: jnp.ndarray, student_logits
 
 @term("ce", reads=("logits", "labels"), teacher=False)
 def ce(student: dict, teacher: Any, batch: dict) -> jnp.ndarray:
-  """Label cross-entropy; with mixup, ``lam * CE(y) + (1 - lam) * CE(y of the neighbour)``."""
+  """Label cross-entropy; with mixup, ``lam * CE(y) + (1 - lam) * CE(y of the neighbour)``
+  (``y_mix`` when the host mixed the batch, else the labels rolled as the step's mixup rolls)."""
   logits, labels = student["logits"], batch["y"]
   loss = cross_entropy(logits, labels)
   if "mixup_lambda" in batch:
     lam = batch["mixup_lambda"]
-    loss = lam * loss + (1.0 - lam) * cross_entropy(logits, jnp.roll(labels, 1))
+    other = batch["y_mix"] if "y_mix" in batch else jnp.roll(labels, 1)
+    # lam: one per batch (the step's mixup) or one per example (the host's, every row alike)
+    loss = cross_entropy(logits, labels, lam) + cross_entropy(logits, other, 1.0 - lam)
   return loss
 
 

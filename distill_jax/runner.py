@@ -18,7 +18,7 @@ from distill_jax import features as features_lib
 from distill_jax import losses, models, paths, recombine, sharding, teacher_cache, train
 from distill_jax.checkpoint import (Checkpointer, MODEL_FILE, load_export_params,
                                     read_export_meta, save_export)
-from distill_jax.data import local_indices, steps_per_epoch
+from distill_jax.data.feed import Feed
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.loop import MetricsWriter, fit
 from distill_jax.paths import count_params, fingerprint
@@ -64,14 +64,6 @@ def key(config, part: Any = None) -> jax.Array:
   return base if part is None else jax.random.fold_in(base, part)
 
 
-def example_lengths(arrays: dict) -> np.ndarray:
-  """Each training row's token count (``attention_mask``'s row sums), for length grouping."""
-  if "attention_mask" not in arrays:
-    raise InputError(f"data.group_by_length needs token rows with an attention_mask; this "
-                     f"task's training arrays are {sorted(arrays)}")
-  return np.asarray(arrays["attention_mask"]).sum(1)
-
-
 def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequence,
                 teacher: Optional[tuple] = None, teacher_layers: Optional[Sequence[int]] = None,
                 eval_fn=None) -> Any:
@@ -95,8 +87,10 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
     resolved, projections = features_lib.setup(bound, teacher[0], teacher[1], model, params,
                                                data.example, jax.random.fold_in(rng, 1),
                                                teacher_layers)
+  schedule = train.schedule_options(recipe)
   tx = train.make_optimizer(recipe.learning_rate, recipe.steps, tuple(recipe.get("frozen", ())),
-                            recipe.get("weight_decay", 0.0))
+                            recipe.get("weight_decay", 0.0), recipe.get("optimizer", "adam"),
+                            recipe.get("momentum", 0.9), **schedule)
   state = train.TrainState.create(params, tx, rng, projections)
   state_shardings = sharding.tree_shardings(state, config.sharding.student, run.mesh)
   arrays, teacher_model, teacher_params, teacher_shardings = dict(data.train), None, None, None
@@ -117,33 +111,32 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
       resample=run.task.sampler(model, config) if on_policy else None,
       resample_fraction=on_policy, frozen=tuple(recipe.get("frozen", ())))
   jitted = train.jit_train_step(step, run.mesh, state_shardings, teacher_shardings)
-  n, batch_size = data.num_train, config.batch_size
-  per_epoch = steps_per_epoch(n, batch_size)
-  group = config.data.get("group_by_length", 0)
-  lengths = example_lengths(arrays) if group else None
-
-  def batch_fn(i: int) -> dict:
-    return data.rows(local_indices(n, batch_size, config.seed, i, jax.process_index(),
-                                   jax.process_count(), lengths, group), arrays)
-
-  def data_meta(i: int) -> dict:
-    epoch, index = divmod(i, per_epoch)
-    return {"phase": phase, "data": {"seed": config.seed, "batch_size": batch_size,
-                                     "group_by_length": group, "epoch": epoch,
-                                     "index_in_epoch": index}}
-
+  feed = Feed(config, data, arrays, phase)
   checkpointer = Checkpointer(os.path.join(run.workdir, phase, "checkpoints"))
   try:
-    state = fit(phase=phase, state=state, step_fn=jitted, batch_fn=batch_fn,
+    state = fit(phase=phase, state=state, step_fn=jitted, batch_fn=feed.batch,
                 num_steps=recipe.steps, mesh=run.mesh, state_shardings=state_shardings,
-                checkpointer=checkpointer, batch_size=batch_size, teacher_params=teacher_params,
+                checkpointer=checkpointer, batch_size=config.batch_size,
+                teacher_params=teacher_params,
                 writer=run.writer, log_every=config.log_every,
                 checkpoint_every=config.checkpoint_every,
-                learning_rate_fn=train.learning_rate_schedule(recipe.learning_rate, recipe.steps),
-                data_meta=data_meta, eval_fn=eval_fn, eval_every=config.eval_every)
+                learning_rate_fn=train.learning_rate_schedule(recipe.learning_rate, recipe.steps,
+                                                              **schedule),
+                data_meta=feed.meta, check_meta=feed.check, eval_fn=eval_fn,
+                eval_every=config.eval_every)
   finally:
     checkpointer.close()
+    feed.close()
   return state.params
+
+
+def check_cache(config, data: TaskData) -> None:
+  """Cached teacher outputs need in-memory rows that every step sees unchanged."""
+  if config.distill.cache and data.source is not None:
+    raise InputError(f"distill.cache={config.distill.cache!r} needs in-memory training arrays; "
+                     f"this data is streamed (data.source={config.data.source!r}, host "
+                     "augmentation: every step's images differ), so the teacher runs online "
+                     "(set distill.cache='')")
 
 
 def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, recipe) -> dict:
@@ -153,6 +146,7 @@ def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, reci
     raise InputError(f"distill.cache={config.distill.cache!r} needs a recipe without "
                      f"augmentation, but student.mixup={recipe.mixup}: mixed-up inputs need the "
                      "online teacher (set distill.cache='' or student.mixup=0)")
+  check_cache(config, run.data)
   names = sorted({r for b in bound if b.term.teacher for r in b.term.reads} - {"labels"})
   # The data's identity names its tokenizer (LMs) and preprocessing besides the arrays.
   settings = {"cache": config.distill.cache, "topk": config.distill.cache_topk,

@@ -18,6 +18,7 @@ from distill_jax import paths, sharding
 from distill_jax.errors import InputError
 from distill_jax.features import Resolved
 from distill_jax.losses import Bound
+from distill_jax.models import STATE_UPDATES
 
 
 class TrainState(struct.PyTreeNode):
@@ -45,9 +46,35 @@ class TrainState(struct.PyTreeNode):
                         opt_state=opt_state)
 
 
-def learning_rate_schedule(learning_rate: float, num_steps: int) -> optax.Schedule:
-  """Cosine decay to zero over the phase's steps (also what the loop logs)."""
-  return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
+SCHEDULES = ("cosine", "steps", "constant")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def learning_rate_schedule(learning_rate: float, num_steps: int, schedule: str = "cosine",
+                           boundaries: Sequence[float] = (), decay: float = 0.1
+                           ) -> optax.Schedule:
+  """The phase's learning rate by step (also what the loop logs): ``cosine`` decays to zero
+  over ``num_steps``; ``steps`` multiplies it by ``decay`` at each of ``boundaries``, given
+  as fractions of the phase (0.625: after 150 of 240 epochs), PyTorch's MultiStepLR;
+  ``constant`` keeps it."""
+  if schedule == "cosine":
+    return optax.cosine_decay_schedule(learning_rate, max(num_steps, 1))
+  if schedule == "constant":
+    return optax.constant_schedule(learning_rate)
+  if schedule == "steps":
+    bad = [b for b in boundaries if not 0.0 < b <= 1.0]
+    if bad or not boundaries:
+      raise InputError(f"schedule 'steps' needs boundaries, fractions of the phase in (0, 1]; "
+                       f"got {tuple(boundaries)}")
+    return optax.piecewise_constant_schedule(
+        learning_rate, {int(round(b * num_steps)): decay for b in boundaries})
+  raise InputError(f"unknown learning-rate schedule {schedule!r}; known: {SCHEDULES}")
+
+
+def schedule_options(recipe) -> dict:
+  """A phase recipe's schedule fields (config.teacher / config.student), with defaults."""
+  return dict(schedule=recipe.get("schedule", "cosine"),
+              boundaries=tuple(recipe.get("boundaries", ())), decay=recipe.get("decay", 0.1))
 
 
 def frozen_paths(frozen: Sequence[str]) -> Callable[[str], bool]:
@@ -57,17 +84,26 @@ def frozen_paths(frozen: Sequence[str]) -> Callable[[str], bool]:
 
 
 def make_optimizer(learning_rate: float, num_steps: int, frozen: Sequence[str] = (),
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """Adam with :func:`learning_rate_schedule` over ``(params, projections)``; parameters
-  whose "/"-joined path fullmatches a ``frozen`` regex get no updates (and no Adam moments:
-  reused embeddings stay as they are, and the step skips their optimizer work).
-  ``weight_decay``: L2 added to the gradient before Adam (PyTorch's ``Adam(weight_decay)``,
-  what GCN and GLNN recipes mean by it; not AdamW's decoupled decay)."""
-  adam = optax.adam(learning_rate_schedule(learning_rate, num_steps))
+                   weight_decay: float = 0.0, optimizer: str = "adam", momentum: float = 0.9,
+                   schedule: str = "cosine", boundaries: Sequence[float] = (),
+                   decay: float = 0.1) -> optax.GradientTransformation:
+  """``optimizer`` ("adam", or "sgd" with ``momentum`` as PyTorch's SGD) over ``(params,
+  projections)`` at :func:`learning_rate_schedule`; parameters whose "/"-joined path
+  fullmatches a ``frozen`` regex get no updates (and no optimizer state: reused embeddings stay
+  as they are, and the step skips their optimizer work). ``weight_decay``: L2 added to the
+  gradient first (PyTorch's ``Adam``/``SGD(weight_decay)``, what GCN, GLNN and the CIFAR KD
+  recipes mean by it; not AdamW's decoupled decay)."""
+  lr = learning_rate_schedule(learning_rate, num_steps, schedule, boundaries, decay)
+  if optimizer == "adam":
+    base = optax.adam(lr)
+  elif optimizer == "sgd":
+    base = optax.sgd(lr, momentum=momentum or None)
+  else:
+    raise InputError(f"unknown optimizer {optimizer!r}; known: {OPTIMIZERS}")
   if weight_decay:
-    adam = optax.chain(optax.add_decayed_weights(weight_decay), adam)
+    base = optax.chain(optax.add_decayed_weights(weight_decay), base)
   if not frozen:
-    return adam
+    return base
   is_frozen = frozen_paths(frozen)
 
   def labels(tree):
@@ -75,7 +111,23 @@ def make_optimizer(learning_rate: float, num_steps: int, frozen: Sequence[str] =
     flat = paths.flatten(params)
     return (paths.unflatten({k: "frozen" if is_frozen(k) else "train" for k in flat}),
             jax.tree.map(lambda _: "train", projections))
-  return optax.multi_transform({"train": adam, "frozen": optax.set_to_zero()}, labels)
+  return optax.multi_transform({"train": base, "frozen": optax.set_to_zero()}, labels)
+
+
+def with_statistics(params: Any, updates: dict, frozen: Callable[[str], bool]) -> Any:
+  """``params`` with each leaf named in ``updates`` (``{path: array}``, a model's updated
+  batch-norm statistics) replaced by its update: whatever the optimizer did to it (weight
+  decay, Adam's step on a zero gradient) is discarded. ``frozen`` paths keep their
+  statistics too (a frozen block is left as it was)."""
+  def pick(path, leaf):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    seen.add(name)
+    return updates[name] if name in updates and not frozen(name) else leaf
+  seen: set = set()
+  out = jax.tree_util.tree_map_with_path(pick, params)
+  if stray := sorted(set(updates) - seen):
+    raise InputError(f"state updates {stray[:4]} name no parameter of the student")
+  return out
 
 
 def mixup(batch: dict, keys: Sequence[str], rng: jax.Array, alpha: float) -> dict:
@@ -146,9 +198,11 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
   terms then score that. ``frozen``: regexes of parameter paths that are not trained (as
   :func:`make_optimizer`'s): held under ``stop_gradient``, so no gradient is computed for them
   or for what only they need (the input gradient of the first trained layer after frozen
-  embeddings), and the gradient norm is that of the trained parameters. Metrics: the loss,
-  each term, the gradient norm, accuracy (logits and labels), ``resampled`` (1 on resampled
-  steps).
+  embeddings), and the gradient norm is that of the trained parameters. A student with state
+  (batch-norm statistics, ``outputs["state_updates"]`` in train mode) has those leaves of the
+  new params set to their updates after the optimizer's step (they get no gradient; with
+  ``micro_batches > 1``, the last micro-batch's). Metrics: the loss, each term, the gradient
+  norm, accuracy (logits and labels), ``resampled`` (1 on resampled steps).
   """
   is_frozen = frozen_paths(frozen)
 
@@ -173,6 +227,7 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
       p, proj = trainable
       s_out, s_feats = student.apply(hold(p), batch, train=True, rngs={"dropout": dropout_rng},
                                      capture=capture)
+      updates = s_out.pop(STATE_UPDATES, {})      # not an output the terms score
       t_out, t_feats = (teacher_outputs(teacher, teacher_params, batch, capture,
                                         s_out.get("logits", jnp.zeros((1, 1))).shape[-1],
                                         teacher_dtype)
@@ -185,20 +240,21 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
           value = b.term.fn(s_out, t_out if b.term.teacher else None, batch, **b.options)
         values[f"{b.name}" if b.name not in values else f"{b.name}_{i}"] = (b.weight, value)
       loss = sum(w * v for w, v in values.values())
-      return loss, ({k: v for k, (_, v) in values.items()}, s_out)
+      return loss, ({k: v for k, (_, v) in values.items()}, s_out, updates)
 
-    (loss, (values, s_out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (values, s_out, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         (params, projections))
     metrics = dict(values, loss=loss)
     if "logits" in s_out and "y" in batch:
       hits = jnp.argmax(s_out["logits"], -1)
       labelled = batch["y"] >= 0          # a label < 0: no label (cross_entropy skips it too)
       accuracy = jnp.sum((hits == batch["y"]) & labelled) / jnp.maximum(labelled.sum(), 1)
-      if mixup_alpha > 0:   # credit each of the two mixed labels by its weight
+      if "mixup_lambda" in batch:   # credit each of the two mixed labels by its weight
         lam = batch["mixup_lambda"]
-        accuracy = lam * accuracy + (1.0 - lam) * jnp.mean(hits == jnp.roll(batch["y"], 1))
+        other = batch["y_mix"] if "y_mix" in batch else jnp.roll(batch["y"], 1)
+        accuracy = jnp.mean(lam * accuracy + (1.0 - lam) * jnp.mean(hits == other))
       metrics["accuracy"] = accuracy
-    return grads, metrics
+    return grads, metrics, updates
 
   def train_step(state: TrainState, batch: dict, teacher_params: Any = None):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -211,26 +267,32 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
                            lambda b: resample(params, b, jax.random.fold_in(rng, 1 << 20)),
                            lambda b: b, batch)
     if micro_batches == 1:
-      grads, metrics = micro_step(state.params, state.projections, batch, teacher_params, rng)
+      grads, metrics, updates = micro_step(state.params, state.projections, batch,
+                                           teacher_params, rng)
     else:
       split = jax.tree.map(
           lambda v: v.reshape((micro_batches, v.shape[0] // micro_batches) + v.shape[1:]), batch)
 
       def body(carry, inputs):
         i, micro = inputs
-        out = micro_step(state.params, state.projections, micro, teacher_params,
-                         jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, carry, out), None
+        grads, metrics, updates = micro_step(state.params, state.projections, micro,
+                                             teacher_params, jax.random.fold_in(rng, i))
+        # Gradients and metrics summed; the statistics are the last micro-batch's.
+        return (jax.tree.map(jnp.add, carry[0], (grads, metrics)), updates), None
 
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
           lambda: micro_step(state.params, state.projections,
                              jax.tree.map(lambda v: v[0], split), teacher_params, rng)))
-      total, _ = jax.lax.scan(body, zeros, (jnp.arange(micro_batches), split))
+      (total, updates), _ = jax.lax.scan(body, (zeros[:2], zeros[2]),
+                                         (jnp.arange(micro_batches), split))
       grads, metrics = jax.tree.map(lambda t: t / micro_batches, total)
     metrics["grad_norm"] = optax.global_norm(grads)
     if resampled is not None:
       metrics["resampled"] = resampled.astype(jnp.float32)
-    return state.apply_gradients(grads), metrics
+    new = state.apply_gradients(grads)
+    if updates:
+      new = new.replace(params=with_statistics(new.params, updates, is_frozen))
+    return new, metrics
 
   return train_step
 
@@ -272,17 +334,20 @@ def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
   sharded, padded batches; every process passes the same arrays and gets all outputs back.
   ``prepare`` maps each batch before the model sees it (e.g. cutting padding columns).
   ``topk > 0``: the logits come back as ``topk_values`` and ``topk_indices`` (computed on the
-  device: an LM's (N, L, vocabulary) logits would not fit in memory)."""
+  device: an LM's (N, L, vocabulary) logits would not fit in memory). ``arrays`` may also be
+  rows read on demand (``len`` and ``take(idx) -> dict``: a streamed held-out set, read a batch
+  at a time)."""
   forward = _forward(model, tuple(outputs), mesh, topk)
   outputs = [k for k in outputs if not (topk and k == "logits")] + (
       ["topk_values", "topk_indices"] if topk else [])
   ways = sharding.batch_size_per_step(mesh)
-  n = len(next(iter(arrays.values())))
+  take = getattr(arrays, "take", None) or (lambda idx: {k: v[idx] for k, v in arrays.items()})
+  n = len(arrays) if hasattr(arrays, "take") else len(next(iter(arrays.values())))
   size = -(-batch_size // ways) * ways
   parts: dict = {k: [] for k in outputs}
   for start in range(0, n, size):
     idx = np.minimum(np.arange(start, start + size), n - 1)   # the last batch repeats a row
-    batch = prepare({k: v[idx] for k, v in arrays.items()})
+    batch = prepare(take(idx))
     out = forward(params, sharding.shard_batch(sharding.process_batch(batch), mesh))
     for k, v in jax.device_get(out).items():
       parts[k].append(np.asarray(v)[:min(size, n - start)])

@@ -155,9 +155,9 @@ def test_mnist1d_source_gives_the_published_4000_1000_split():
 
 
 def test_example_lengths_count_real_tokens_and_name_what_is_missing():
-  from distill_jax import runner
+  from distill_jax.data.feed import example_lengths
   mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
-  np.testing.assert_array_equal(runner.example_lengths({"attention_mask": mask}), [2, 4, 1])
+  np.testing.assert_array_equal(example_lengths({"attention_mask": mask}), [2, 4, 1])
   with pytest.raises(data_lib.batches.InputError,
                      match=r"needs token rows with an attention_mask; .* \['x', 'y'\]"):
-    runner.example_lengths({"x": np.zeros((3, 2)), "y": np.zeros(3, int)})
+    example_lengths({"x": np.zeros((3, 2)), "y": np.zeros(3, int)})

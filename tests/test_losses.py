@@ -49,6 +49,23 @@ def test_ce_with_mixup_weights_both_labels():
   assert got == pytest.approx(0.25 * own + 0.75 * rolled, rel=1e-6)
 
 
+def test_ce_with_host_mixup_reads_each_rows_partner_label():
+  # The host's mixup gives one lambda per row and the partner labels (y_mix): three examples,
+  # partners (2, 0, 1) as np.roll gives, lambda 0.7; an unlabelled row (-1) counts for nothing.
+  s = jnp.array([[0.0, 1.0, 0.5], [2.0, 0.0, 1.0], [0.3, 0.3, 3.0]])
+  ce = lambda logits, y: math.log(sum(math.exp(v) for v in logits)) - logits[y]
+  y, y_mix = [0, 1, 2], [2, 0, 1]
+  want = sum(0.7 * ce(s[i].tolist(), y[i]) + 0.3 * ce(s[i].tolist(), y_mix[i])
+             for i in range(3)) / 3
+  batch = {"y": jnp.array(y), "y_mix": jnp.array(y_mix), "mixup_lambda": jnp.full(3, 0.7)}
+  assert _term("ce", student=s, batch=batch) == pytest.approx(want, rel=1e-6)
+  # row 2 unlabelled: its own term and row 0's partner term (y_mix -1) drop out of each mean
+  batch = dict(batch, y=jnp.array([0, 1, -1]), y_mix=jnp.array([-1, 0, 1]))
+  want = (0.7 * (ce(s[0].tolist(), 0) + ce(s[1].tolist(), 1)) / 2
+          + 0.3 * (ce(s[1].tolist(), 0) + ce(s[2].tolist(), 1)) / 2)
+  assert _term("ce", student=s, batch=batch) == pytest.approx(want, rel=1e-6)
+
+
 def test_hinton_objective_at_alpha_half_equals_written_out_number():
   # 0.5 * T^2 * KL + 0.5 * CE at T = 2, as (("kd", 0.5, {T: 2}), ("ce", 0.5, {}))
   got = 0.5 * _term("kd", temperature=2.0) + 0.5 * _term("ce")

@@ -75,7 +75,9 @@ def depth(pattern: Optional[str] = None, *, stacked: Optional[str] = None,
   ``Dense_(\\d+)``; ``stacked`` (fullmatch) names scanned arrays split along their leading axis.
   Groups ``layer_i``; or ``ranges=[(0, 4), (4, 10)]`` -> ``layers_0-3``...; ``block=k`` ->
   ``block_{i // k}``; ``stride=k`` -> ``stride_{i % k}``. Keys are layer-relative
-  (``Dense_*/kernel``) with one layer per group, full paths otherwise."""
+  (``Dense_*/kernel``) with one layer per group, full paths otherwise. A pattern with several
+  captured indices (``stage_(\\d+)/block_(\\d+)``) numbers its layers 0, 1, ... in the
+  order of the index tuples (stage by stage), so a ResNet's blocks are one sequence."""
   if pattern is None and stacked is None:
     raise InputError("depth rule needs a layer pattern or a stacked pattern")
   layer = compile_regex(rf"(?:^|(?<=/)){pattern}(?=/|$)", "depth rule") if pattern else None
@@ -88,19 +90,40 @@ def depth(pattern: Optional[str] = None, *, stacked: Optional[str] = None,
 
   def rule(paths, leaves):
     claims = {}
+    matches = {path: m for path in paths
+               if not (scanned is not None and scanned.fullmatch(path))
+               and layer is not None and (m := _layer_match(layer, path))}
+    indices = {path: _indices(m, pattern) for path, m in matches.items()}
+    # One captured index is the layer's number as it is; several are ranked.
+    rank = {t: i for i, t in enumerate(sorted(set(indices.values())))}
     for path in paths:
       if scanned is not None and scanned.fullmatch(path):
         groups = [_depth_group(i, ranges, block, stride) for i in range(leaves[path].shape[0])]
         if all(groups):
           claims[path] = [(g, path if per_layer else f"{path}[{i}]")
                           for i, g in enumerate(groups)]
-      elif layer is not None and (m := _layer_match(layer, path)):
-        group = _depth_group(int(m.group(1)), ranges, block, stride)
+      elif path in matches:
+        m, index = matches[path], indices[path]
+        group = _depth_group(index[0] if len(index) == 1 else rank[index], ranges, block,
+                             stride)
         if group:
-          key = path[:m.start(1)] + "*" + path[m.end(1):] if per_layer else path
-          claims[path] = (group, key)
+          claims[path] = (group, _star(path, m) if per_layer else path)
     return claims
   return rule
+
+
+def _indices(m: re.Match, pattern: str) -> tuple[int, ...]:
+  if not all(g is not None and g.isdigit() for g in m.groups()):
+    raise InputError(f"depth pattern {pattern!r}: every capturing group must capture a layer "
+                     f"index (digits); on {m.string!r} they captured {m.groups()}")
+  return tuple(int(g) for g in m.groups())
+
+
+def _star(path: str, m: re.Match) -> str:
+  """``path`` with each captured index replaced by ``*`` (the layer-relative key)."""
+  for g in range(m.re.groups, 0, -1):
+    path = path[:m.start(g)] + "*" + path[m.end(g):]
+  return path
 
 
 def layer_order(paths: Sequence[str], pattern: re.Pattern) -> list[str]:

@@ -45,6 +45,22 @@ def plan_layers(n: int, m: int, layers: Optional[Sequence[int]] = None, every: i
   return chosen
 
 
+def stage_layers(teacher_stage_sizes: Sequence[int],
+                  student_stage_sizes: Sequence[int]) -> list[int]:
+  """The ``layers`` of the ``select`` strategy for a model in stages whose blocks are numbered
+  across stages (a ResNet under ``resnet.PARTITION_RULES``): in each stage, evenly spaced
+  teacher blocks including its first (the one whose shapes change) and last. resnet56 ->
+  resnet20 keeps blocks 0, 4, 8 of each stage."""
+  if len(teacher_stage_sizes) != len(student_stage_sizes):
+    raise InputError(f"stage_layers: teacher stages {tuple(teacher_stage_sizes)} and student "
+                     f"stages {tuple(student_stage_sizes)} differ in number")
+  layers, offset = [], 0
+  for n, m in zip(teacher_stage_sizes, student_stage_sizes):
+    layers += [offset + i for i in plan_layers(n, m)]
+    offset += n
+  return layers
+
+
 def fill(s_group: str, s_members: dict, sources: list[tuple[str, dict]],
          reduce: Callable[[list], Any]) -> tuple[dict, list[str]]:
   """Fill each student key from the teacher groups in ``sources`` whose array has that key and

@@ -26,9 +26,14 @@ class TaskData:
   example: Mapping[str, np.ndarray]
   mixup_keys: tuple = ()               # float inputs that mixup may mix
   prepare: Callable[[dict], dict] = lambda batch: batch   # per batch (e.g. cut padding)
+  # Streamed data: a random-access training source (``len``, ``[i]`` -> one example's arrays;
+  # distill_jax/data/streaming.py) read batch by batch; ``train`` is then empty.
+  source: Any = None
 
   @property
   def num_train(self) -> int:
+    if self.source is not None:
+      return len(self.source)
     return len(next(iter(self.train.values()))) if self.train else 0
 
   def rows(self, idx: np.ndarray, arrays: Optional[Mapping[str, np.ndarray]] = None) -> dict:

@@ -1,12 +1,14 @@
 """Image and array classification: digits, npz, TFDS, MNIST-1D; MLP, CNN, GRU and any model
 with ``logits``. Held-out metrics: loss, accuracy and top-1 agreement with the teacher."""
+import glob
 from typing import Any
 
 import numpy as np
 
 from distill_jax import data as data_lib
 from distill_jax import losses, train
-from distill_jax.errors import InputError
+from distill_jax.data.feed import HeldOut
+from distill_jax.errors import InputError, MissingInput
 from distill_jax.paths import fingerprint
 from distill_jax.tasks import TASKS, Task, TaskData
 
@@ -19,8 +21,10 @@ def as_task_data(ds: data_lib.Dataset, identity: dict) -> TaskData:
                   example={"x": ds.x_train[:2], "y": ds.y_train[:2]}, mixup_keys=("x",))
 
 
-def logits_of(model, params: Any, x: np.ndarray, mesh, config) -> np.ndarray:
-  return train.predict(model, params, {"x": x}, mesh, config.eval_batch_size)["logits"]
+def logits_of(model, params: Any, held_out: Any, mesh, config) -> np.ndarray:
+  """Logits of the held-out inputs: arrays (``{"x": ...}``) or a streamed :class:`HeldOut`."""
+  rows = held_out if isinstance(held_out, HeldOut) else {"x": held_out["x"]}
+  return train.predict(model, params, rows, mesh, config.eval_batch_size)["logits"]
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,11 +41,66 @@ def label_metrics(logits: np.ndarray, y: np.ndarray, reference=None) -> dict:
   return metrics
 
 
+def streams(data_config) -> bool:
+  """Whether the data is read batch by batch through a stream (a record source, TFDS with
+  ``stream``, or host-side augmentation, which needs the stream's per-step random numbers)."""
+  d = data_config
+  return (d.source == "array_record" or bool(d.get("stream")) or bool(d.get("example_augment"))
+          or bool(d.get("batch_augment")))
+
+
+def record_files(pattern: str, key: str) -> list[str]:
+  files = sorted(glob.glob(pattern)) if pattern else []
+  if not files:
+    raise MissingInput(f"{key}={pattern!r} matches no record files")
+  return files
+
+
+def streamed_task_data(d) -> TaskData:
+  """A training source read batch by batch, and the held-out set read into memory once
+  (``data.eval_example``: its per-example preprocessing, e.g. a centre crop)."""
+  from distill_jax.data import augment, streaming
+  if d.source == "array_record":
+    train_source = streaming.ArrayRecordSource(record_files(d.path, "data.path"))
+    held = streaming.ArrayRecordSource(record_files(d.eval_path, "data.eval_path"))
+    if not d.num_classes:
+      raise InputError("data.source='array_record' needs data.num_classes (the records are "
+                       "not scanned for labels)")
+    num_classes, identity = int(d.num_classes), {"path": d.path, "eval_path": d.eval_path}
+  elif d.source == "tfds":
+    train_source = streaming.tfds_source(d.name, "train", d.data_dir, d.download)
+    held = streaming.tfds_source(d.name, d.eval_split, d.data_dir, d.download)
+    num_classes = int(d.num_classes or train_source.num_classes)
+    if not num_classes:
+      raise InputError(f"TFDS dataset {d.name!r}: its label has no class count; set "
+                       "data.num_classes")
+    identity = {"name": d.name, "eval_split": d.eval_split}
+  else:                # in-memory arrays through the same stream (for host augmentation)
+    ds = data_lib.load(d)
+    train_source = streaming.InMemorySource({"x": ds.x_train, "y": ds.y_train})
+    held = streaming.InMemorySource({"x": ds.x_test, "y": ds.y_test})
+    num_classes, identity = ds.num_classes, {"name": ds.name, "path": d.path,
+                                             "test_fraction": d.test_fraction,
+                                             "split_seed": d.split_seed}
+  eval_fn = augment.example_from_config(d.eval_example) if d.eval_example else None
+  held_out = HeldOut(held, eval_fn)
+  # Two training examples as the model will see them (after the per-example transform).
+  example = streaming.read_rows(train_source, np.arange(2), augment.example_from_config(
+      d.example_augment) if d.example_augment else None)
+  identity = dict(identity, source=d.source, records=len(train_source), held_out=len(held),
+                  example_augment=list(d.example_augment), batch_augment=list(d.batch_augment),
+                  eval_example=list(d.eval_example))
+  return TaskData(d.name or d.source, {}, held_out, {"num_classes": num_classes}, identity,
+                  example=example, mixup_keys=("x",), source=train_source)
+
+
 class Classification(Task):
   metric = "accuracy"
 
   def load(self, config) -> TaskData:
     d = config.data
+    if streams(d):
+      return streamed_task_data(d)
     ds = data_lib.load(d)
     if not isinstance(ds, data_lib.Dataset):
       raise InputError(f"data.source={d.source!r} gives {type(ds).__name__}; the "
@@ -50,16 +109,19 @@ class Classification(Task):
                              "test_fraction": d.test_fraction, "split_seed": d.split_seed})
 
   def reference(self, model, params, data, mesh, config) -> np.ndarray:
-    return logits_of(model, params, data.eval["x"], mesh, config)
+    return logits_of(model, params, data.eval, mesh, config)
 
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
-    return label_metrics(logits_of(model, params, data.eval["x"], mesh, config),
+    return label_metrics(logits_of(model, params, data.eval, mesh, config),
                          data.eval["y"], reference)
 
   def agreement(self, student_outputs, teacher_outputs) -> float:
     return top1_agreement(student_outputs, teacher_outputs)
 
   def validation(self, data, fraction, seed) -> TaskData:
+    if data.source is not None:
+      raise InputError("a validation split of streamed training data is not supported: hold "
+                       "out records in their own files (data.eval_path) instead")
     x_tr, y_tr, x_val, y_val = data_lib.seeded_split(data.train["x"], data.train["y"],
                                                      fraction, seed)
     ds = data_lib.Dataset(f"{data.name}[val]", x_tr, y_tr, x_val, y_val,
