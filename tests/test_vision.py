@@ -1,0 +1,168 @@
+"""Vision at scale: the CIFAR-100 and ImageNet configs on mocked TFDS data, a streamed run that
+resumes exactly after an interruption, two loopback hosts reading disjoint shards, and the SGD
+recipe's learning rate and update by hand."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from distill_jax import train
+from distill_jax.checkpoint import load_export_params
+from distill_jax.checks import check
+from distill_jax.config import apply_overrides, load
+from distill_jax.data import streaming
+from distill_jax.errors import InputError
+from distill_jax.main import run_job
+from tests.helpers import ROOT
+
+MOCK = dict(num_examples=24, policy=tfds.testing.MockPolicy.USE_CODE)
+CONFIGS = [("cifar100.py", "resnet56_resnet20,smoke"), ("cifar100.py", "resnet32x4_resnet8x4,smoke"),
+           ("cifar100.py", "wrn_40_2_wrn_16_2,smoke"), ("imagenet.py", "smoke")]
+
+
+def _config(name, arg, **overrides):
+  return apply_overrides(load(os.path.join(ROOT, "configs", name), arg), overrides)
+
+
+@pytest.mark.parametrize("name,arg", CONFIGS, ids=lambda v: v.split(",")[0])
+def test_each_benchmark_config_checks_out_on_mocked_tfds(name, arg):
+  # The whole pre-flight check: the streamed data, both models' shapes on its images, the
+  # student's initialisation and the terms (shapes only: nothing is trained).
+  with tfds.testing.mock_data(**MOCK):
+    checked = check(_config(name, arg))
+  assert checked.data.source is not None and checked.data.info["num_classes"] == (
+      1000 if name == "imagenet.py" else 100)
+  assert checked.data.example["x"].shape[1:] == ((32, 32, 3))
+
+
+def _records(tmp_path, n=48, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {"x": rng.random((n, 32, 32, 3), dtype=np.float32),
+            "y": rng.integers(0, 100, n).astype(np.int32), "id": np.arange(n, dtype=np.int32)}
+  train_files = streaming.write_array_record(str(tmp_path / "train"), arrays, 2)
+  streaming.write_array_record(str(tmp_path / "test"), {k: v[:16] for k, v in arrays.items()}, 1)
+  return train_files
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_a_streamed_run_stopped_mid_student_resumes_with_the_same_batches(tmp_path, monkeypatch):
+  # ArrayRecord files through grain, crop + flip + mixup on the host, SGD with a step schedule:
+  # the student phase stops at step 3 (its checkpoint: step 2), and the rerun ends with the
+  # parameters of an uninterrupted run.
+  _records(tmp_path)
+  overrides = {"data.source": "array_record", "data.stream": False, "data.num_classes": 100,
+               "data.path": str(tmp_path / "train-*"), "data.eval_path": str(tmp_path / "test-*"),
+               "data.batch_augment": ("crop:4", "flip", "mixup:0.5"), "eval_batch_size": 8}
+  config = _config("cifar100.py", "resnet56_resnet20,smoke", **overrides)
+  whole = run_job(config, str(tmp_path / "whole"))
+
+  original = streaming.Stream.batch
+
+  def stop_at_student_step_3(self, step):
+    if step == 3 and os.environ.get("PHASE_UNDER_TEST") == "student":
+      raise Interrupted("stopped")
+    return original(self, step)
+
+  import distill_jax.runner as runner_module
+  train_phase = runner_module.train_phase
+
+  def tagged(run, phase, *args, **kwargs):
+    monkeypatch.setenv("PHASE_UNDER_TEST", phase)
+    return train_phase(run, phase, *args, **kwargs)
+
+  monkeypatch.setattr(streaming.Stream, "batch", stop_at_student_step_3)
+  monkeypatch.setattr(runner_module, "train_phase", tagged)
+  with pytest.raises(Interrupted):
+    run_job(config, str(tmp_path / "cut"))
+  monkeypatch.setattr(streaming.Stream, "batch", original)
+  meta = json.loads((tmp_path / "cut" / "student" / "checkpoints" / "2" / "meta" /
+                     "metadata").read_text())
+  assert meta["data"]["step"] == 2 and meta["data"]["seed"] == 0
+  resumed = run_job(config, str(tmp_path / "cut"))
+  assert resumed["student"]["accuracy"] == whole["student"]["accuracy"]
+  from distill_jax import models
+  model = models.build(dict(config.student.model), {"num_classes": 100})
+  example = {"x": np.zeros((2, 32, 32, 3), np.float32)}
+  a, b = (load_export_params(str(tmp_path / w / "student" / "export"), model, example)
+          for w in ("whole", "cut"))
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+  # batch-norm statistics were trained and saved: not the initial zeros / ones
+  flat = {"/".join(k): v for k, v in __import__("flax").traverse_util.flatten_dict(a).items()}
+  assert not np.allclose(flat["stem/bn/mean"], 0.0)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_loopback_hosts_read_disjoint_shards_of_the_records(tmp_path):
+  files = _records(tmp_path, n=50)
+  address, out = f"127.0.0.1:{_free_port()}", str(tmp_path / "ids")
+  env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=ROOT)
+  procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "scripts", "read_shard.py"),
+                             address, str(i), out, *files], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  for p in procs:
+    log, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, log[-3000:]
+  hosts = [json.loads(open(f"{out}.{i}.json").read()) for i in range(2)]
+  assert [h["process_index"] for h in hosts] == [0, 1]
+  a, b = (set(h["ids"]) for h in hosts)
+  assert len(hosts[0]["ids"]) == len(a) == 24 and len(b) == 24   # 25 each, whole batches of 4
+  assert not a & b and a | b <= set(range(50))
+
+
+def test_step_schedule_and_sgd_match_pytorchs_multisteplr_and_sgd_by_hand():
+  lr = train.learning_rate_schedule(0.05, 240, "steps", (150 / 240, 180 / 240), 0.1)
+  assert [float(lr(s)) for s in (0, 149, 150, 179, 180, 239)] == pytest.approx(
+      [0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005])
+  # SGD, momentum 0.9, weight decay 0.5 (PyTorch: g += wd p; v = 0.9 v + g; p -= lr v)
+  tx = train.make_optimizer(0.1, 100, weight_decay=0.5, optimizer="sgd", momentum=0.9,
+                            schedule="constant")
+  p, g = np.array([1.0, -2.0]), np.array([0.5, 0.25])
+  params = (p, {})
+  state = tx.init(params)
+  want, v = p.copy(), np.zeros(2)
+  for _ in range(2):
+    updates, state = tx.update((g, {}), state, params)
+    params = optax.apply_updates(params, updates)
+    v = 0.9 * v + g + 0.5 * want
+    want = want - 0.1 * v
+    np.testing.assert_allclose(params[0], want, rtol=1e-6)
+  for bad, match in ((dict(optimizer="lamb"), "unknown optimizer 'lamb'"),
+                     (dict(schedule="steps"), r"needs boundaries.*got \(\)"),
+                     (dict(schedule="steps", boundaries=(150,)), r"\(0, 1\]; got \(150,\)")):
+    with pytest.raises(InputError, match=match):
+      train.make_optimizer(0.1, 100, **bad)
+
+
+def test_a_bad_optimizer_in_a_config_is_refused_before_anything_runs(tmp_path):
+  config = _config("cifar100.py", "resnet56_resnet20,smoke", **{"student.optimizer": "lamb"})
+  with tfds.testing.mock_data(**MOCK), pytest.raises(InputError,
+                                                      match="student.optimizer.*'lamb'"):
+    run_job(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "teacher").exists()
+
+
+def test_distill_cache_is_refused_for_streamed_data(tmp_path):
+  _records(tmp_path)
+  config = _config("cifar100.py", "resnet56_resnet20,smoke", **{
+      "data.source": "array_record", "data.stream": False, "data.num_classes": 100,
+      "data.path": str(tmp_path / "train-*"), "data.eval_path": str(tmp_path / "test-*"),
+      "distill.cache": "full"})
+  with pytest.raises(InputError, match="distill.cache='full' needs in-memory training arrays"):
+    run_job(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w" / "teacher").exists()     # refused before the teacher trains
