@@ -196,7 +196,7 @@ def test_a_missing_package_says_how_to_install_it(monkeypatch):
 def test_flax_logits_and_greedy_continuations_match_transformers(smollm2):
   """The Flax Llama on the dequantised teacher against transformers on the same file: every
   position's next-token log-probability and the last position's logits (top-128, 128 fixed
-  probes, logsumexp) of 64 texts, and 8 greedy continuations of 24 tokens (key/value cache).
+  probes, logsumexp) of up to 12 texts of each length bucket, and 8 greedy continuations of 24 tokens (key/value cache).
 
   Tolerance 1e-3 on logits (|logits| <= 37): both sides are float32 with different summation
   orders over 30 blocks, measured at most 1.1e-4 here; a real defect (a q/k permutation, an
@@ -212,7 +212,7 @@ def test_flax_logits_and_greedy_continuations_match_transformers(smollm2):
   lengths, ids = ref["lengths"], ref["input_ids"]
   assert len(lengths) >= 50
   for low, bucket in ((0, 32), (32, 64), (64, 128)):        # three shapes: three compilations
-    rows = [i for i, n in enumerate(lengths) if low < n <= bucket]
+    rows = [i for i, n in enumerate(lengths) if low < n <= bucket][:12]   # 36 of the texts
     x = np.zeros((len(rows), bucket), np.int32)
     for r, i in enumerate(rows):
       x[r, :lengths[i]] = ids[i, :lengths[i]]

@@ -53,18 +53,12 @@ def test_two_processes_match_one_process(tmp_path):
            for i in range(2)]
   for p in procs:
     _finish(p)
-  # one process with the same two-device mesh, and one process on one device (side by side:
-  # most of each is start-up and compilation)
-  two_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  for p in [_launch(tmp_path / "one", env=two_devices),
-            _launch(tmp_path / "single", env={"XLA_FLAGS": ""})]:
-    _finish(p)
+  # one process with the same two-device mesh (one device against eight: test_train.py)
+  _finish(_launch(tmp_path / "one", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}))
 
-  two, one, single = (_losses(tmp_path / n) for n in ("two", "one", "single"))
+  two, one = (_losses(tmp_path / n) for n in ("two", "one"))
   assert [s[:2] for s in two] == [s[:2] for s in one] and len(two) == 8
   np.testing.assert_allclose([l for *_, l in two], [l for *_, l in one], rtol=1e-6)
-  # one device sums the gradient in another order: the curve agrees to float tolerance
-  np.testing.assert_allclose([l for *_, l in two], [l for *_, l in single], rtol=2e-3)
   # held-out evaluations (every process predicts its share, all see all logits) agree too
   evals_two, evals_one = _losses(tmp_path / "two", "eval"), _losses(tmp_path / "one", "eval")
   assert len(evals_two) == 2

@@ -62,7 +62,8 @@ def test_a_streamed_run_stopped_mid_student_resumes_with_the_same_batches(tmp_pa
   _records(tmp_path)
   overrides = {"data.source": "array_record", "data.stream": False, "data.num_classes": 100,
                "data.path": str(tmp_path / "train-*"), "data.eval_path": str(tmp_path / "test-*"),
-               "data.batch_augment": ("crop:4", "flip", "mixup:0.5"), "eval_batch_size": 8}
+               "data.batch_augment": ("crop:4", "flip", "mixup:0.5"), "eval_batch_size": 8,
+               "teacher.steps": 2}
   config = _config("cifar100.py", "resnet56_resnet20,smoke", **overrides)
   whole = run_job(config, str(tmp_path / "whole"))
 
