@@ -12,6 +12,7 @@ from distill_jax import features, losses, models, recombine, sharding, train
 from distill_jax.config import apply_overrides, plan_overrides
 from distill_jax.data import steps_per_epoch
 from distill_jax.errors import InputError
+from distill_jax.models.ensemble import first_member
 from distill_jax.paths import compile_regex, flatten
 from distill_jax.runner import check_cache, load_model, student_model
 from distill_jax.tasks import TASKS, TaskData
@@ -38,7 +39,7 @@ RANGES = (("batch_size", 1, False, True), ("eval_batch_size", 1, False, True),
           ("distill.on_policy.prompt_length", 1, False, True),
           ("distill.on_policy.temperature", 0, False, False),
           ("distill.on_policy.top_k", 0, False, True))
-CHOICES = (("distill.cache", ("", "full", "topk")),
+CHOICES = (("distill.cache", ("", "full", "topk")), ("teacher.combine", ("logits", "probs")),
            ("distill.teacher_dtype", ("float32", "bfloat16", "float16")))
 
 
@@ -122,7 +123,8 @@ def check(config) -> Checked:
   task = TASKS.get(config.task)
   check_values(config)
   data = task.load(config)
-  loaded = load_model(task, config.teacher.load, data) if config.teacher.load else None
+  loaded = (load_model(task, config.teacher.load, data, combine=config.teacher.combine)
+            if config.teacher.load else None)
   teacher = loaded[0] if loaded else models.build(config.teacher.model, data.info)
   tparams = loaded[1] if loaded else zeros_like_init(teacher, data)
   if not loaded:
@@ -186,9 +188,11 @@ def check_run(config, task, data: TaskData, teacher, tparams: Any,
       student = blockwise.as_plain(student, sparams, data)[0]
       sparams = zeros_like_init(student, data)
   else:
-    context = recombine.Context(teacher, tparams, dict(data.example), None, student)
-    _, report = recombine.recombine(tparams, sparams, strategy=init.strategy, rules=init.rules,
-                                    context=context, **dict(init.get(init.strategy, {})))
+    source, source_params = first_member(teacher, tparams)   # an ensemble: its member 0
+    context = recombine.Context(source, source_params, dict(data.example), None, student)
+    _, report = recombine.recombine(source_params, sparams, strategy=init.strategy,
+                                    rules=init.rules, context=context,
+                                    **dict(init.get(init.strategy, {})))
   if init_only:
     return
   distill = terms["distill.terms"]

@@ -81,7 +81,11 @@ def defaults() -> ml_collections.ConfigDict:
   # HF safetensors folder.
   # ``init``: a pretrained model or export whose arrays start the teacher's training where
   # paths and shapes match (e.g. "minilm" under a fresh classification head).
-  c.teacher = dict(model=dict(name="mlp"), load="", init="", steps=1000, learning_rate=1e-3,
+  # ``load`` may name several models, comma-separated: an ensemble teacher whose logits combine
+  # by ``combine`` ("logits": their mean; "probs": the log of the mean probability); a term
+  # reads one member with the option teacher=<index>; the student is built from member 0.
+  c.teacher = dict(model=dict(name="mlp"), load="", init="", combine="logits", steps=1000,
+                   learning_rate=1e-3,
                    weight_decay=0.0,  # L2 on the gradient before the optimizer (0: none)
                    mixup=0.0, frozen=(), terms=LABELS, **OPTIMIZER)
   # The student trained from scratch on labels with the student's recipe, for comparison.

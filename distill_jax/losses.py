@@ -56,6 +56,7 @@ class Bound:
   pairs: tuple = ()            # feature terms: (teacher pattern, student pattern)
   layer_pairs: str = ""        # feature terms: "prefix_{}" pairs each student layer with the
                                # teacher layer it was initialised from
+  member: Optional[int] = None  # an ensemble teacher's member this term reads (option teacher=i)
 
 
 def bind(specs: Sequence, what: str) -> list[Bound]:
@@ -78,6 +79,11 @@ def bind(specs: Sequence, what: str) -> list[Bound]:
           template and "{}" not in template):
         raise InputError(f"{where}: feature term {name!r} needs pairs=((teacher feature, "
                          "student feature), ...) or layer_pairs='prefix_{}'")
+    member = options.pop("teacher", None) if t.teacher and not t.features else None
+    if member is not None and (not isinstance(member, int) or isinstance(member, bool)
+                               or member < 0):
+      raise InputError(f"{where}: {name!r} option teacher={member!r} must be an ensemble "
+                       "member's index (an integer >= 0)")
     positional = 2 if t.features else 3      # (teacher, student) or (student, teacher, batch)
     accepted = set(list(inspect.signature(t.fn).parameters)[positional:]) - {"mask"}
     unknown = sorted(set(options) - accepted)
@@ -90,7 +96,7 @@ def bind(specs: Sequence, what: str) -> list[Bound]:
                                                                     else v >= 0)):
         raise InputError(f"{where}: {name!r} option {key}={v!r} must be "
                          f"{'> 0' if low is not None else '>= 0'}")
-    bound.append(Bound(name, float(weight), t, options, pairs, template))
+    bound.append(Bound(name, float(weight), t, options, pairs, template, member))
   return bound
 
 

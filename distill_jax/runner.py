@@ -20,6 +20,7 @@ from distill_jax.checkpoint import (Checkpointer, MODEL_FILE, load_export_params
                                     read_export_meta, save_export)
 from distill_jax.data.feed import Feed
 from distill_jax.errors import InputError, MissingInput
+from distill_jax.models.ensemble import Ensemble, first_member, member_key
 from distill_jax.loop import MetricsWriter, fit
 from distill_jax.paths import count_params, fingerprint
 from distill_jax.recombine.accounting import format_accounting, write_accounting
@@ -167,8 +168,15 @@ def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, reci
 
 # --- models: build, load, export ---------------------------------------------------------------
 
-def load_model(task: Task, spec: str, data: TaskData, what: str = "teacher.load") -> tuple:
-  """``(model, params)`` of an export directory, or of a pretrained model the task knows."""
+def load_model(task: Task, spec: str, data: TaskData, what: str = "teacher.load",
+               combine: str = "logits") -> tuple:
+  """``(model, params)`` of an export directory, or of a pretrained model the task knows;
+  several, comma-separated: an :class:`Ensemble` of them (``combine``: how their logits mix)."""
+  specs = [s.strip() for s in spec.split(",") if s.strip()]
+  if len(specs) > 1:
+    loaded = [load_model(task, s, data, f"{what} member {i}") for i, s in enumerate(specs)]
+    return (Ensemble(tuple(m for m, _ in loaded), combine),
+            {member_key(i): p for i, (_, p) in enumerate(loaded)})
   if os.path.isfile(os.path.join(spec, MODEL_FILE)):
     meta = read_export_meta(spec)
     model = models.build(meta["model"], {**data.info, **meta.get("info", {})})
@@ -196,7 +204,7 @@ def get_teacher(run: Run, loaded: Optional[tuple] = None) -> tuple[Any, Any]:
   ``teacher.terms`` and exported to ``WORKDIR/teacher/export``."""
   c = run.config.teacher
   if c.load:
-    return loaded or load_model(run.task, c.load, run.data)
+    return loaded or load_model(run.task, c.load, run.data, combine=c.get("combine", "logits"))
   model = models.build(c.model, run.data.info)
   params = model.init(key(run.config), dict(run.data.example))
   if c.get("init"):
@@ -230,6 +238,7 @@ def start_from(run: Run, params: Any, spec: str, what: str = "teacher.init") -> 
 def student_model(config, data: TaskData, teacher) -> Any:
   """``student.model``; a student of the teacher's family starts from the teacher's fields."""
   fields = dict(config.student.model)
+  teacher = first_member(teacher, None)[0]
   if fields["name"] == f"{teacher.name}_stitched":
     from distill_jax.blockwise import student_fields
     fields = student_fields(config, teacher)
@@ -243,8 +252,10 @@ def student_model(config, data: TaskData, teacher) -> Any:
 def init_student(run: Run, student, teacher, teacher_params: Any,
                  write: bool = False) -> tuple[Any, dict]:
   """Fresh student parameters, then ``student.init``'s recombination of the teacher into them;
-  returns them and the accounting (written to the workdir when ``write``)."""
+  returns them and the accounting (written to the workdir when ``write``). An ensemble
+  teacher's member 0 is what the student is built from."""
   init = run.config.student.init
+  teacher, teacher_params = first_member(teacher, teacher_params)
   if init.strategy == "blockwise":
     from distill_jax import blockwise
     params, report = blockwise.assemble(run, student, teacher, teacher_params)

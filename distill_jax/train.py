@@ -173,6 +173,18 @@ def teacher_outputs(teacher, teacher_params: Any, batch: dict, capture: bool,
   return jax.lax.stop_gradient(out), jax.lax.stop_gradient(feats)
 
 
+def member_outputs(teacher_out: dict, bound: Bound) -> dict:
+  """The teacher's outputs a term reads: an ensemble member's logits for ``teacher=i``."""
+  if bound.member is None:
+    return teacher_out
+  key = f"logits@{bound.member}"
+  if key not in teacher_out:
+    members = sorted(k for k in teacher_out if k.startswith("logits@"))
+    raise InputError(f"term {bound.name!r} reads teacher={bound.member}, but the teacher's "
+                     f"members give {members or 'nothing (it is not an ensemble)'}")
+  return dict(teacher_out, logits=teacher_out[key])
+
+
 def is_resampled(step: jax.Array, fraction: float) -> jax.Array:
   """Whether step ``step`` trains on resampled data: ``fraction`` of the steps, spread evenly
   (step s when floor((s + 1) f) > floor(s f); f = 0.5: steps 1, 3, 5...)."""
@@ -237,7 +249,8 @@ def make_train_step(student, terms: Sequence[Bound], teacher=None, *,
         if i in resolved:
           value = resolved[i].loss(t_feats, s_feats, proj, s_out.get("token_mask"))
         else:
-          value = b.term.fn(s_out, t_out if b.term.teacher else None, batch, **b.options)
+          value = b.term.fn(s_out, member_outputs(t_out, b) if b.term.teacher else None, batch,
+                            **b.options)
         values[f"{b.name}" if b.name not in values else f"{b.name}_{i}"] = (b.weight, value)
       loss = sum(w * v for w, v in values.values())
       return loss, ({k: v for k, (_, v) in values.items()}, s_out, updates)

@@ -37,7 +37,11 @@ class TaskData:
     return len(next(iter(self.train.values()))) if self.train else 0
 
   def rows(self, idx: np.ndarray, arrays: Optional[Mapping[str, np.ndarray]] = None) -> dict:
-    """The prepared batch of training rows ``idx`` (of ``arrays``, default ``train``)."""
+    """The prepared batch of training rows ``idx`` (of ``arrays``, default ``train``; streamed
+    data: read from its source, e.g. calibration rows for a data-driven initialisation)."""
+    if arrays is None and self.source is not None:
+      from distill_jax.data.streaming import read_rows
+      return self.prepare(read_rows(self.source, np.arange(len(self.source))[idx]))
     return self.prepare({k: v[idx] for k, v in (arrays or self.train).items()})
 
 
