@@ -16,11 +16,14 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs_top_to_bottom(path, monkeypatch):
+def test_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
   nb = nbformat.read(path, as_version=4)
   assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
       f"{path}: clear outputs before committing"
   monkeypatch.setenv("SMOKE", "1")
+  # The notebooks' workdirs (tempfile.mkdtemp; lm_distill's holds 0.8 GB of checkpoints) go
+  # under pytest's temporary folder, which pytest prunes, not into /tmp for good.
+  monkeypatch.setenv("TMPDIR", str(tmp_path))
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": os.path.join(ROOT, "colabs")}}).execute()
   printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
