@@ -68,8 +68,7 @@ def check_values(config) -> None:
   for phase in ("student",) if config.teacher.load else ("teacher", "student"):
     recipe = config[phase]     # built at the phase's start: vetted before anything runs
     try:
-      train.make_optimizer(1.0, 100, (), 0.0, recipe.optimizer, recipe.momentum,
-                           **train.schedule_options(recipe))
+      train.make_optimizer(1.0, 100, (), 0.0, **train.optimizer_options(recipe))
     except InputError as e:
       raise InputError(f"{phase}.optimizer / {phase}.schedule: {e}") from None
   if config.search.val_fraction >= 1:

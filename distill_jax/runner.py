@@ -88,10 +88,8 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
     resolved, projections = features_lib.setup(bound, teacher[0], teacher[1], model, params,
                                                data.example, jax.random.fold_in(rng, 1),
                                                teacher_layers)
-  schedule = train.schedule_options(recipe)
   tx = train.make_optimizer(recipe.learning_rate, recipe.steps, tuple(recipe.get("frozen", ())),
-                            recipe.get("weight_decay", 0.0), recipe.get("optimizer", "adam"),
-                            recipe.get("momentum", 0.9), **schedule)
+                            recipe.get("weight_decay", 0.0), **train.optimizer_options(recipe))
   state = train.TrainState.create(params, tx, rng, projections)
   state_shardings = sharding.tree_shardings(state, config.sharding.student, run.mesh)
   arrays, teacher_model, teacher_params, teacher_shardings = dict(data.train), None, None, None
@@ -121,8 +119,8 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
                 teacher_params=teacher_params,
                 writer=run.writer, log_every=config.log_every,
                 checkpoint_every=config.checkpoint_every,
-                learning_rate_fn=train.learning_rate_schedule(recipe.learning_rate, recipe.steps,
-                                                              **schedule),
+                learning_rate_fn=train.learning_rate_schedule(
+                    recipe.learning_rate, recipe.steps, **train.schedule_options(recipe)),
                 data_meta=feed.meta, check_meta=feed.check, eval_fn=eval_fn,
                 eval_every=config.eval_every)
   finally:

@@ -66,8 +66,11 @@ def learning_rate_schedule(learning_rate: float, num_steps: int, schedule: str =
     if bad or not boundaries:
       raise InputError(f"schedule 'steps' needs boundaries, fractions of the phase in (0, 1]; "
                        f"got {tuple(boundaries)}")
-    return optax.piecewise_constant_schedule(
-        learning_rate, {int(round(b * num_steps)): decay for b in boundaries})
+    scales: dict = {}     # two boundaries on one step (a short phase) both apply
+    for b in boundaries:
+      step = int(round(b * num_steps))
+      scales[step] = scales.get(step, 1.0) * decay
+    return optax.piecewise_constant_schedule(learning_rate, scales)
   raise InputError(f"unknown learning-rate schedule {schedule!r}; known: {SCHEDULES}")
 
 
@@ -75,6 +78,12 @@ def schedule_options(recipe) -> dict:
   """A phase recipe's schedule fields (config.teacher / config.student), with defaults."""
   return dict(schedule=recipe.get("schedule", "cosine"),
               boundaries=tuple(recipe.get("boundaries", ())), decay=recipe.get("decay", 0.1))
+
+
+def optimizer_options(recipe) -> dict:
+  """A phase recipe's fields for :func:`make_optimizer` after its first four arguments."""
+  return dict(optimizer=recipe.get("optimizer", "adam"), momentum=recipe.get("momentum", 0.9),
+              **schedule_options(recipe))
 
 
 def frozen_paths(frozen: Sequence[str]) -> Callable[[str], bool]:

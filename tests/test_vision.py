@@ -130,6 +130,9 @@ def test_step_schedule_and_sgd_match_pytorchs_multisteplr_and_sgd_by_hand():
   lr = train.learning_rate_schedule(0.05, 240, "steps", (150 / 240, 180 / 240), 0.1)
   assert [float(lr(s)) for s in (0, 149, 150, 179, 180, 239)] == pytest.approx(
       [0.05, 0.05, 0.005, 0.005, 0.0005, 0.0005])
+  # a short phase puts two boundaries on one step: both decays apply there
+  short = train.learning_rate_schedule(1.0, 4, "steps", (0.5, 0.6), 0.1)   # steps 2 and 2
+  assert [float(short(s)) for s in (1, 2)] == pytest.approx([1.0, 0.01])
   # SGD, momentum 0.9, weight decay 0.5 (PyTorch: g += wd p; v = 0.9 v + g; p -= lr v)
   tx = train.make_optimizer(0.1, 100, weight_decay=0.5, optimizer="sgd", momentum=0.9,
                             schedule="constant")

@@ -214,12 +214,14 @@ def _split(names: Sequence[str]) -> list:
   return list(names)
 
 
-def from_config(names: Sequence[str]) -> Augment:
+def from_config(names: Sequence[str]) -> Optional[Augment]:
   """The composition of ``names`` in order, each ``name`` or ``name:arg`` (``crop[:pad]``,
-  ``flip``, ``mixup:alpha``, ``cutmix:alpha``, ``inception_crop:size``). At most one of
-  mixup/cutmix: both would set ``mixup_lambda`` and the labels would not follow. A string is
-  read as comma-separated names (a config's ``"crop,flip"``)."""
+  ``flip``, ``mixup:alpha``, ``cutmix:alpha``, ``inception_crop:size``); None for no names (no
+  transform). At most one of mixup/cutmix: both would set ``mixup_lambda`` and the labels
+  would not follow. A string is read as comma-separated names (a config's ``"crop,flip"``)."""
   names = _split(names)
+  if not names:
+    return None
   fns = _build(names, _BUILDERS, "augmentation")
   mixing = [s for s in names if str(s).partition(":")[0] in ("mixup", "cutmix")]
   if len(mixing) > 1:
@@ -298,8 +300,9 @@ _EXAMPLE_BUILDERS = {
 }
 
 
-def example_from_config(names: Sequence[str]) -> Augment:
+def example_from_config(names: Sequence[str]) -> Optional[Augment]:
   """The composition of per-example transforms ``names`` in order (``inception_crop:size``,
   ``center_crop:size``, ``flip``; a string is comma-separated), for ``Stream``'s
-  ``example_transform`` or :func:`~distill_jax.data.streaming.read_rows`."""
-  return compose(*_build(_split(names), _EXAMPLE_BUILDERS, "example transform"))
+  ``example_transform`` or :func:`~distill_jax.data.streaming.read_rows`; None for no names."""
+  names = _split(names)
+  return compose(*_build(names, _EXAMPLE_BUILDERS, "example transform")) if names else None

@@ -27,10 +27,9 @@ def open_stream(data_config, source: Any, batch_size: int, seed: int):
   if d.get("group_by_length"):
     raise InputError("data.group_by_length applies to in-memory token rows, not to streamed "
                      f"data (data.source={d.source!r})")
-  batch_fn = augment.from_config(d.batch_augment) if d.batch_augment else None
-  example_fn = augment.example_from_config(d.example_augment) if d.example_augment else None
   return streaming.Stream(source, batch_size, seed, jax.process_index(), jax.process_count(),
-                          transform=batch_fn, example_transform=example_fn,
+                          transform=augment.from_config(d.batch_augment),
+                          example_transform=augment.example_from_config(d.example_augment),
                           num_workers=d.num_workers)
 
 
@@ -39,8 +38,8 @@ class HeldOut:
   images at 224 px are 30 GB as float32): ``len`` and ``take(idx)`` for ``train.predict``,
   ``["y"]`` the labels (read once). ``example_transform``: each image's preprocessing."""
 
-  def __init__(self, source: Any, example_transform: Any = None, chunk: int = 1024):
-    self.source, self.example_transform, self.chunk = source, example_transform, chunk
+  def __init__(self, source: Any, example_transform: Any = None):
+    self.source, self.example_transform = source, example_transform
     self._labels: Optional[np.ndarray] = None
 
   def __len__(self) -> int:
@@ -56,10 +55,8 @@ class HeldOut:
       raise KeyError(f"a streamed held-out set gives its labels ('y') whole, not {key!r}: "
                      "read the inputs with take(idx)")
     if self._labels is None:
-      n = len(self.source)
-      self._labels = np.concatenate([
-          np.asarray([self.source[i]["y"] for i in range(s, min(s + self.chunk, n))])
-          for s in range(0, n, self.chunk)]).astype(np.int32)
+      self._labels = np.asarray([self.source[i]["y"] for i in range(len(self.source))],
+                                np.int32)
     return self._labels
 
 

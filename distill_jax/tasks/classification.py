@@ -57,8 +57,9 @@ def record_files(pattern: str, key: str) -> list[str]:
 
 
 def streamed_task_data(d) -> TaskData:
-  """A training source read batch by batch, and the held-out set read into memory once
-  (``data.eval_example``: its per-example preprocessing, e.g. a centre crop)."""
+  """A training source read batch by batch, and a held-out source read in order a batch at a
+  time (:class:`HeldOut`; ``data.eval_example``: its per-example preprocessing, e.g. a centre
+  crop)."""
   from distill_jax.data import augment, streaming
   if d.source == "array_record":
     train_source = streaming.ArrayRecordSource(record_files(d.path, "data.path"))
@@ -82,11 +83,10 @@ def streamed_task_data(d) -> TaskData:
     num_classes, identity = ds.num_classes, {"name": ds.name, "path": d.path,
                                              "test_fraction": d.test_fraction,
                                              "split_seed": d.split_seed}
-  eval_fn = augment.example_from_config(d.eval_example) if d.eval_example else None
-  held_out = HeldOut(held, eval_fn)
+  held_out = HeldOut(held, augment.example_from_config(d.eval_example))
   # Two training examples as the model will see them (after the per-example transform).
-  example = streaming.read_rows(train_source, np.arange(2), augment.example_from_config(
-      d.example_augment) if d.example_augment else None)
+  example = streaming.read_rows(train_source, np.arange(2),
+                                augment.example_from_config(d.example_augment))
   identity = dict(identity, source=d.source, records=len(train_source), held_out=len(held),
                   example_augment=list(d.example_augment), batch_augment=list(d.batch_augment),
                   eval_example=list(d.eval_example))
