@@ -34,7 +34,7 @@ at toy depth, a few steps on whatever ``cifar100`` TFDS gives (tests use
 import ml_collections
 
 from distill_jax.config import defaults
-from distill_jax.models.resnet import PARTITION_RULES
+from distill_jax.models.resnet import PARTITION_RULES, preset_fields
 
 PAIRS = {"resnet56_resnet20": ("resnet56", "resnet20"),
          "resnet32x4_resnet8x4": ("resnet32x4", "resnet8x4"),
@@ -65,8 +65,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.batch_size, c.eval_batch_size = BATCH, 500
   c.log_every, c.checkpoint_every, c.eval_every = 100, 5000, 0
   steps = EPOCHS * (TRAIN_IMAGES // BATCH)
-  c.teacher.model = ml_collections.ConfigDict(dict(name="resnet", preset=teacher))
-  c.student.model = ml_collections.ConfigDict(dict(name="resnet", preset=student))
+  c.teacher.model = ml_collections.ConfigDict(dict(name="resnet", preset=teacher,
+                                                       **preset_fields(teacher)))
+  c.student.model = ml_collections.ConfigDict(dict(name="resnet", preset=student,
+                                                       **preset_fields(student)))
   recipe(c.teacher, steps)
   recipe(c.student, steps)
   c.student.init.strategy, c.student.init.rules = "random", PARTITION_RULES

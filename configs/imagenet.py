@@ -31,7 +31,7 @@ hours (docs/vision.md: what this machine's pipeline delivers). ``smoke``: toy Re
 import ml_collections
 
 from distill_jax.config import defaults
-from distill_jax.models.resnet import PARTITION_RULES
+from distill_jax.models.resnet import PARTITION_RULES, preset_fields
 
 EPOCHS, BATCH, TRAIN_IMAGES = 100, 256, 1_281_167
 MILESTONES = (30, 60, 90)
@@ -50,8 +50,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.batch_size, c.eval_batch_size = BATCH, 500
   c.log_every, c.checkpoint_every, c.eval_every = 100, 5000, 0
   steps = EPOCHS * (TRAIN_IMAGES // BATCH)
-  c.teacher.model = ml_collections.ConfigDict(dict(name="resnet", preset="resnet34"))
-  c.student.model = ml_collections.ConfigDict(dict(name="resnet", preset="resnet18"))
+  c.teacher.model = ml_collections.ConfigDict(dict(name="resnet", preset="resnet34",
+                                                       **preset_fields("resnet34")))
+  c.student.model = ml_collections.ConfigDict(dict(name="resnet", preset="resnet18",
+                                                       **preset_fields("resnet18")))
   for r in (c.teacher, c.student):
     r.steps, r.learning_rate, r.weight_decay = steps, 0.1, 1e-4
     r.optimizer, r.momentum, r.schedule, r.decay = "sgd", 0.9, "steps", 0.1

@@ -98,7 +98,7 @@ def defaults() -> ml_collections.ConfigDict:
       model=dict(name="mlp"), steps=1000, learning_rate=1e-3, weight_decay=0.0, mixup=0.0,
       frozen=(),                    # regexes of parameters that get no updates
       **OPTIMIZER,
-      # random|copy|select|average|similarity|width|influence|prune|blockwise
+      # random|copy|select|average|similarity|width|influence|prune|channels|blockwise
       init=dict(strategy="random",
                 rules=(("depth", r"Dense_(\d+)"),),
                 num_examples=512,   # training inputs for data-driven strategies (CKA, ...)
@@ -108,6 +108,9 @@ def defaults() -> ml_collections.ConfigDict:
                 width=dict(layers=(), every=0, importance="weight"),
                 influence=dict(measure="cosine", keep=()),
                 prune=dict(layers=(), every=0, importance="activation"),
+                # ResNets: blocks per stage (layers=(): evenly, keeping each stage's first)
+                # and channels ranked by batch-norm |gamma| or activation
+                channels=dict(layers=(), importance="weight"),
                 # Choose the init among plans before training, without labels: "agreement"
                 # scores each plan's student against the teacher on num_examples training
                 # inputs. plans=(): every choice of the student's depth among the teacher's

@@ -275,3 +275,99 @@ def test_kd_from_a_resnet_teacher_lowers_the_loss_of_a_smaller_resnet():
     seen.append(float(metrics["kd"]))
   assert np.mean(seen[-3:]) < 0.5 * seen[0], seen
   assert not np.allclose(flatten(state.params)["stem/bn/mean"], flatten(params)["stem/bn/mean"])
+
+
+# Teacher and student fields for the width test of each kind of block: the student narrows
+# the stem (unless it feeds the first stage's stream), every stream and every block's inside.
+NARROWER = {"basic": (dict(widths=(6, 8)), dict(widths=(4, 5))),
+            "preact": (dict(widths=(4, 6), block="preact", stem_width=3),
+                       dict(widths=(3, 4), block="preact", stem_width=2)),
+            "bottleneck": (dict(widths=(2, 3), block="bottleneck", stem_width=6),
+                           dict(widths=(1, 2), block="bottleneck", stem_width=5))}
+
+
+@pytest.mark.parametrize("block", sorted(NARROWER))
+def test_channels_cut_a_narrower_resnet_computing_what_the_teacher_computes(block):
+  # Teacher channels outside random kept subsets are zeroed on every array of their set
+  # (weights, norms, the head's rows): the teacher then computes with the kept channels only,
+  # so the student cut to them must give the teacher's logits, and both importances must find
+  # exactly those channels (zeroed norms have |gamma| = 0 and silent outputs).
+  t_fields, s_fields = NARROWER[block]
+  teacher, student = _tiny(**t_fields), _tiny(**s_fields)
+  t_params = flatten(_init(teacher, BATCH, 11, stats=True))
+  s_shapes = {k: np.shape(v) for k, v in flatten(_init(student, BATCH, 12)).items()}
+  t_sets = resnet.channel_sets({k: np.shape(v) for k, v in t_params.items()})
+  s_sets = resnet.channel_sets(s_shapes)
+  rng = np.random.default_rng(0)
+  keep, t_size = {}, {}
+  for path, sets in s_sets.items():   # same depth: a set's name is the teacher's too
+    for axis, name in enumerate(sets):
+      if name is not None:
+        t_size[name] = t_params[path].shape[axis]
+        keep.setdefault(name, np.sort(rng.permutation(t_size[name])[:s_shapes[path][axis]]))
+  assert any(len(keep[s]) < t_size[s] for s in keep)
+  zeroed = {}
+  for path, value in t_params.items():
+    x = np.array(value)
+    for axis, name in enumerate(t_sets[path]):
+      if name is not None:
+        drop = np.setdiff1d(np.arange(x.shape[axis]), keep[name])
+        idx = [slice(None)] * x.ndim
+        idx[axis] = drop
+        if path.endswith(("/mean", "/var")):     # statistics stay valid (var > 0)
+          continue
+        x[tuple(idx)] = 0.0
+    zeroed[path] = jnp.asarray(x)
+  t_tree = unflatten(zeroed)
+  want = teacher.apply(t_tree, BATCH)[0]["logits"]
+  context = recombine.Context(teacher=teacher, teacher_params=t_tree, batch=BATCH)
+  for importance in ("weight", "activation"):
+    new, report = recombine.recombine(t_tree, unflatten({k: jnp.zeros(s) for k, s in
+                                                         s_shapes.items()}),
+                                      strategy="channels", rules=resnet.PARTITION_RULES,
+                                      context=context, importance=importance)
+    assert report["new_params"] == 0, importance
+    got = student.apply(new, BATCH)[0]["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=importance)
+    for path, value in flatten(new).items():    # each array is the teacher's, sliced by hand
+      x = np.asarray(zeroed[path])
+      for axis, name in enumerate(s_sets[path]):
+        x = np.take(x, keep[name], axis=axis) if name is not None else x
+      np.testing.assert_array_equal(value, x, err_msg=f"{importance} {path}")
+
+
+def test_channels_also_select_blocks_and_refuse_a_wider_or_rewired_student():
+  teacher = _tiny(stage_sizes=(3, 2), widths=(6, 8))
+  t_params = _init(teacher, BATCH, 13, stats=True)
+  student = _tiny(stage_sizes=(2, 1), widths=(4, 8))
+  new, report = recombine.recombine(t_params, _init(student, BATCH, 14), strategy="channels",
+                                    rules=resnet.PARTITION_RULES)
+  assert report["teacher_layers"] == [0, 2, 3] and report["new_params"] == 0
+  t = flatten(t_params)
+  # stage 1 keeps its width: its blocks are the teacher's, except the input rows of the first
+  # conv, which read the narrowed stage-0 stream (the stem's set: the first block has no
+  # shortcut); stage 0's second block is the teacher's third
+  scale = sum(np.abs(np.asarray(t[f"{m}/scale"])) for m in
+              ("stem/bn", "stage_0/block_0/bn_1", "stage_0/block_2/bn_1"))
+  stream = np.sort(np.argsort(-scale, kind="stable")[:4])
+  flat = flatten(new)
+  np.testing.assert_array_equal(flat["stage_1/block_0/conv_0/kernel"],
+                                np.asarray(t["stage_1/block_0/conv_0/kernel"])[:, :, stream])
+  np.testing.assert_array_equal(flat["stage_1/block_0/bn_1/mean"], t["stage_1/block_0/bn_1/mean"])
+  np.testing.assert_array_equal(flat["stem/bn/var"], np.asarray(t["stem/bn/var"])[stream])
+  inner = np.sort(np.argsort(-np.abs(np.asarray(t["stage_0/block_2/bn_0/scale"])),
+                             kind="stable")[:4])
+  np.testing.assert_array_equal(flat["stage_0/block_1/conv_1/kernel"],
+                                np.asarray(t["stage_0/block_2/conv_1/kernel"])[:, :, inner][
+                                    ..., stream])
+  with pytest.raises(InputError, match=r"wider than the teacher's.*\(10, 8\)"):
+    recombine.recombine(t_params, _init(_tiny(stage_sizes=(2, 1), widths=(4, 10)), BATCH, 15),
+                        strategy="channels", rules=resnet.PARTITION_RULES)
+  # a stem narrower than the first stage gives the student a shortcut the teacher lacks
+  with pytest.raises(InputError, match="student stage_0/block_0/shortcut/.*no teacher array.*projection shortcut"):
+    recombine.recombine(t_params, _init(_tiny(stage_sizes=(2, 1), widths=(4, 8), stem_width=2),
+                                        BATCH, 16),
+                        strategy="channels", rules=resnet.PARTITION_RULES)
+  with pytest.raises(InputError, match="importance 'norms'"):
+    recombine.recombine(t_params, _init(student, BATCH, 14), strategy="channels",
+                        rules=resnet.PARTITION_RULES, importance="norms")

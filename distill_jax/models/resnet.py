@@ -7,7 +7,8 @@ Blocks are ``stage_{i}/block_{j}`` (both indices in the names, so partition rule
 blocks within a stage); a block's batch-norm statistics sit beside its weights
 (``stage_1/block_0/bn_1/{scale, bias, mean, var}``: ``models.Family.state``).
 """
-from typing import Sequence
+import re
+from typing import Mapping, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -40,6 +41,17 @@ RESNETS = {
     "resnet50": dict(stage_sizes=(3, 4, 6, 3), widths=(64, 128, 256, 512), stem="imagenet",
                      block="bottleneck"),
 }
+
+
+FIELDS = ("stage_sizes", "widths", "block", "stem", "stem_width", "width_multiplier")
+
+
+def preset_fields(preset: str) -> dict:
+  """Every architecture field of a preset (defaults filled in), for configs that list them so
+  that any one can be overridden (``--config.student.model.widths='(8,16,32)'``)."""
+  if preset not in RESNETS:
+    raise InputError(f"resnet preset {preset!r} is not one of {sorted(RESNETS)}")
+  return {f: RESNETS[preset].get(f, getattr(ResNet, f)) for f in FIELDS}
 
 
 def images(x: jnp.ndarray, model: str) -> jnp.ndarray:
@@ -179,3 +191,55 @@ class ResNet(nn.Module):
     if preact:
       x = nn.relu(batch_norm(train, "norm")(x))
     return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+_BLOCK = re.compile(r"stage_(\d+)/block_(\d+)/(.*)")
+
+
+def channel_sets(shapes: Mapping[str, tuple]) -> dict[str, tuple]:
+  """For each parameter path of a ResNet (``{path: shape}``, statistics included), the channel
+  set of each axis: channels that must be kept or dropped together when the network is made
+  narrower. ``"stem"`` is the stem's output; a stage's residual stream is ``"stage_{i}"`` from
+  the block whose projection shortcut starts it (blocks without one read and write the stream
+  they are given, so the stem's set runs on where the first block has no shortcut); a block's
+  inner channels are ``"stage_{i}/block_{j}/{k}"``. None: an axis never narrowed (kernel
+  sizes, the image's colour channels, the classes). Pre-activation ResNets (a top-level
+  ``norm``) read a block's ``bn_0`` on its input."""
+  preact = any(p.startswith("norm/") for p in shapes)
+  blocks: dict = {}
+  for path in shapes:
+    m = _BLOCK.fullmatch(path)
+    if m:
+      blocks.setdefault((int(m.group(1)), int(m.group(2))), set()).add(m.group(3))
+  sets = {}
+  current = "stem"
+
+  def put(prefix: str, module: str, inputs, outputs) -> None:
+    for name in ("kernel", "scale", "bias", "mean", "var"):
+      path = f"{prefix}{module}/{name}"
+      if path in shapes:
+        sets[path] = ((None, None, inputs, outputs) if name == "kernel" else (outputs,))
+
+  sets.update({p: (None, None, None, "stem") if p.endswith("kernel") else ("stem",)
+               for p in shapes if p.startswith("stem/")})
+  for (i, j), names in sorted(blocks.items()):
+    prefix = f"stage_{i}/block_{j}/"
+    inner = [f"{prefix}{k}" for k in range(3)]
+    out = f"stage_{i}" if any(n.startswith("shortcut/") for n in names) else current
+    convs = sorted({n.split("/")[0] for n in names if n.startswith("conv_")})
+    chain = [current] + inner[:len(convs) - 1] + [out]    # conv k reads chain[k], writes k+1
+    for k, module in enumerate(convs):
+      put(prefix, module, chain[k], chain[k + 1])
+      # A post-activation block's bn_k follows conv_k; a pre-activation one's precedes it.
+      put(prefix, f"bn_{k}", None, chain[k] if preact else chain[k + 1])
+    put(prefix, "shortcut/conv", current, out)
+    put(prefix, "shortcut/bn", None, out)
+    current = out
+  put("", "norm", None, current)
+  if "head/kernel" in shapes:
+    sets["head/kernel"], sets["head/bias"] = (current, None), (None,)
+  unknown = sorted(set(shapes) - set(sets))
+  if unknown:
+    raise InputError(f"channel_sets: parameter(s) {unknown[:5]} are not part of a ResNet "
+                     "laid out as models/resnet.py builds it")
+  return sets

@@ -16,6 +16,7 @@ from distill_jax.recombine import depth as _depth  # noqa: F401
 from distill_jax.recombine import similarity as _similarity  # noqa: F401
 from distill_jax.recombine import width as _width  # noqa: F401
 from distill_jax.recombine import prune as _prune  # noqa: F401
+from distill_jax.recombine import channels as _channels  # noqa: F401
 
 DEFAULT_RULES = (("depth", r"Dense_(\d+)"),)
 

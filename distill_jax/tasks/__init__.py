@@ -29,6 +29,9 @@ class TaskData:
   # Streamed data: a random-access training source (``len``, ``[i]`` -> one example's arrays;
   # distill_jax/data/streaming.py) read batch by batch; ``train`` is then empty.
   source: Any = None
+  # Streamed data: the per-example preprocessing of rows read by :meth:`rows` (the held-out
+  # one, e.g. a centre crop: calibration rows are read as at inference, deterministically).
+  row_transform: Optional[Callable] = None
 
   @property
   def num_train(self) -> int:
@@ -41,7 +44,8 @@ class TaskData:
     data: read from its source, e.g. calibration rows for a data-driven initialisation)."""
     if arrays is None and self.source is not None:
       from distill_jax.data.streaming import read_rows
-      return self.prepare(read_rows(self.source, np.arange(len(self.source))[idx]))
+      return self.prepare(read_rows(self.source, np.arange(len(self.source))[idx],
+                                    self.row_transform))
     return self.prepare({k: v[idx] for k, v in (arrays or self.train).items()})
 
 

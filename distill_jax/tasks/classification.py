@@ -83,7 +83,8 @@ def streamed_task_data(d) -> TaskData:
     num_classes, identity = ds.num_classes, {"name": ds.name, "path": d.path,
                                              "test_fraction": d.test_fraction,
                                              "split_seed": d.split_seed}
-  held_out = HeldOut(held, augment.example_from_config(d.eval_example))
+  eval_example = augment.example_from_config(d.eval_example)
+  held_out = HeldOut(held, eval_example)
   # Two training examples as the model will see them (after the per-example transform).
   example = streaming.read_rows(train_source, np.arange(2),
                                 augment.example_from_config(d.example_augment))
@@ -91,7 +92,8 @@ def streamed_task_data(d) -> TaskData:
                   example_augment=list(d.example_augment), batch_augment=list(d.batch_augment),
                   eval_example=list(d.eval_example))
   return TaskData(d.name or d.source, {}, held_out, {"num_classes": num_classes}, identity,
-                  example=example, mixup_keys=("x",), source=train_source)
+                  example=example, mixup_keys=("x",), source=train_source,
+                  row_transform=eval_example)
 
 
 class Classification(Task):
