@@ -19,7 +19,9 @@ Arguments (comma separated):
   embeddings frozen, then KD at T = 2 (0.9) + labels (0.1).
 * ``hint``: adds the kept layers' hidden states (masked MSE) to the KD.
 * ``cnn``: the student is a CNN (widths 3, 4, 5; 100 filters each) over the teacher's token
-  embeddings (copied, frozen); the baseline trains it on labels only.
+  embeddings (copied, frozen); the baseline trains it on labels only. For runs longer than an
+  epoch of the transfer set, ``--config.distill.cache=full`` computes the teacher's logits
+  once for every training row (docs/text_classification.md).
 * ``augment``: one unlabelled altered copy of each training sentence (n-gram sampling and
   masking, Tang et al. 2019) in the transfer set, seen only by the KD term.
 * ``smoke``: seconds, on tests/fixtures (for tests).

@@ -93,6 +93,8 @@ def train_phase(run: Run, phase: str, model, params: Any, recipe, terms: Sequenc
   state = train.TrainState.create(params, tx, rng, projections)
   state_shardings = sharding.tree_shardings(state, config.sharding.student, run.mesh)
   arrays, teacher_model, teacher_params, teacher_shardings = dict(data.train), None, None, None
+  if not needs_teacher and data.teacher_only is not None:
+    arrays = {k: v[~data.teacher_only] for k, v in arrays.items()}
   if needs_teacher:
     teacher_model, teacher_params = teacher
     if config.distill.teacher_dtype != "float32":
@@ -157,7 +159,8 @@ def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, reci
   def build():
     out = train.predict(teacher, teacher_params, run.data.train, run.mesh,
                         config.eval_batch_size, run.data.prepare, names,
-                        topk=config.distill.cache_topk if on_device else 0)
+                        topk=config.distill.cache_topk if on_device else 0,
+                        order=train.length_order(run.data.train), desc="teacher cache")
     return teacher_cache.compute(out, config.distill.cache, config.distill.cache_topk)
   return teacher_cache.load_or_build(
       os.path.join(run.workdir, "teacher_cache"),
@@ -380,5 +383,6 @@ def baseline(run: Run, teacher, reference: Any, teacher_params: Any = None) -> d
                        (teacher, teacher_params) if teacher_params is not None else None,
                        eval_fn=run.evaluator(student, reference))
   timing = speed(run, "baseline", time.time() - start)
+  export(run, "baseline", student, params)      # scored beside the student by any later tool
   return {**summary_row(run, student, params, reference), **timing,
           "from_init": bool(run.config.baseline.get("from_init"))}

@@ -349,16 +349,27 @@ def _forward(model, outputs: tuple, mesh: Mesh, topk: int = 0):
   return jax.jit(forward, out_shardings=sharding.replicated(mesh))
 
 
+def length_order(arrays: Any) -> Optional[np.ndarray]:
+  """Rows of token arrays by length (their ``attention_mask``'s sum), for :func:`predict`:
+  sorted batches pad to their own longest row (after ``prepare`` trims the padding), not to the
+  longest of a random batch. None for arrays without a mask."""
+  if not isinstance(arrays, dict) or "attention_mask" not in arrays:
+    return None
+  return np.argsort(np.asarray(arrays["attention_mask"]).sum(-1), kind="stable")
+
+
 def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
             prepare=lambda batch: batch, outputs: Sequence[str] = ("logits",),
-            topk: int = 0) -> dict:
+            topk: int = 0, order: Optional[np.ndarray] = None, desc: str = "") -> dict:
   """The model's ``outputs`` for every example of ``arrays`` (numpy, in order), computed in
   sharded, padded batches; every process passes the same arrays and gets all outputs back.
   ``prepare`` maps each batch before the model sees it (e.g. cutting padding columns).
   ``topk > 0``: the logits come back as ``topk_values`` and ``topk_indices`` (computed on the
   device: an LM's (N, L, vocabulary) logits would not fit in memory). ``arrays`` may also be
   rows read on demand (``len`` and ``take(idx) -> dict``: a streamed held-out set, read a batch
-  at a time)."""
+  at a time). ``order``: a permutation of the rows to compute them in (e.g.
+  :func:`length_order`); the outputs come back in the rows' own order all the same. ``desc``:
+  a progress bar with this label (for long passes, e.g. the teacher cache)."""
   forward = _forward(model, tuple(outputs), mesh, topk)
   outputs = [k for k in outputs if not (topk and k == "logits")] + (
       ["topk_values", "topk_indices"] if topk else [])
@@ -366,11 +377,22 @@ def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
   take = getattr(arrays, "take", None) or (lambda idx: {k: v[idx] for k, v in arrays.items()})
   n = len(arrays) if hasattr(arrays, "take") else len(next(iter(arrays.values())))
   size = -(-batch_size // ways) * ways
+  rows = np.arange(n) if order is None else np.asarray(order)
+  if rows.shape != (n,) or not np.array_equal(np.sort(rows), np.arange(n)):
+    raise InputError(f"predict: order must be a permutation of the {n} rows")
   parts: dict = {k: [] for k in outputs}
-  for start in range(0, n, size):
-    idx = np.minimum(np.arange(start, start + size), n - 1)   # the last batch repeats a row
+  starts = range(0, n, size)
+  if desc and jax.process_index() == 0:
+    from tqdm.auto import tqdm
+    starts = tqdm(starts, desc=desc, unit="batch", mininterval=5.0)
+  for start in starts:
+    idx = rows[np.minimum(np.arange(start, start + size), n - 1)]   # the last repeats a row
     batch = prepare(take(idx))
     out = forward(params, sharding.shard_batch(sharding.process_batch(batch), mesh))
     for k, v in jax.device_get(out).items():
       parts[k].append(np.asarray(v)[:min(size, n - start)])
-  return {k: np.concatenate(v) for k, v in parts.items()}
+  result = {}
+  for k, v in parts.items():
+    computed = np.concatenate(v)
+    result[k] = computed if order is None else computed[np.argsort(rows)]
+  return result

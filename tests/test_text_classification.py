@@ -1,6 +1,7 @@
 """Text classification: the TSV reader and its errors, the augmentation, the classifier head's
 shapes, teacher.init from the packaged encoder, the copy strategy, a KD value by hand, and the
 SST-2 config's two students end to end on the repository's small fixture."""
+import json
 import os
 
 import jax
@@ -74,6 +75,9 @@ def test_kd_value_by_hand_at_temperature_two():
   expected = 4.0 * np.sum(p * np.log(p / q))                           # T^2 KL(p || q)
   np.testing.assert_allclose(losses.kd({"logits": student}, {"logits": teacher}, {},
                                        temperature=2.0), expected, rtol=1e-6)
+  # logit MSE: rows (0, 2) vs (2, 0) and (1, 1) vs (1, -1): (4 + 4 + 0 + 4) / 2 rows
+  two = jnp.array([[0.0, 2.0], [1.0, 1.0]]), jnp.array([[2.0, 0.0], [1.0, -1.0]])
+  assert float(losses.logit_mse({"logits": two[0]}, {"logits": two[1]}, {})) == 6.0
 
 
 def test_copy_strategy_copies_the_named_groups_only():
@@ -118,12 +122,23 @@ def test_sst2_cnn_over_the_teachers_frozen_embeddings(minilm_job, tmp_path):
   config = load(CONFIG, "cnn,augment,smoke")
   with config.unlocked():
     config.teacher.load = str(minilm_job[0] / "teacher" / "export")    # reuse, as documented
+    config.distill.cache = "full"
   summary = run_job(config, str(tmp_path / "job"))
   assert summary["baseline"]["from_init"] is True
   # the embedding table (30,522 x 384) is reused; the convolutions and the head are new
   assert summary["student"]["init"]["reused_params"] == 30522 * 384
   convs = sum(w * 384 * 100 + 100 for w in (3, 4, 5))
   assert summary["student"]["params"] == 30522 * 384 + convs + 300 * 2 + 2
+  # 40 labelled rows and 40 augmented ones, batches of 8, 10 steps: the labels-only baseline
+  # reads the labelled rows only (two epochs of 5 steps), KD reads all (one epoch of 10)
+  epochs = {}
+  for phase in ("baseline", "student"):
+    meta = tmp_path / "job" / phase / "checkpoints" / "10" / "meta" / "metadata"
+    epochs[phase] = json.loads(meta.read_text())["data"]["epoch"]
+  assert epochs == {"baseline": 2, "student": 1}
+  # the teacher's logits were computed once, for all 80 rows (distill.cache="full")
+  with np.load(tmp_path / "job" / "teacher_cache" / "outputs.npz") as cached:
+    assert cached["teacher_logits"].shape == (80, 2)
 
 
 def test_a_teacher_init_of_another_shape_names_the_path(tmp_path):
@@ -145,3 +160,5 @@ def test_the_validation_split_holds_out_labelled_rows_only(minilm_job):
   val = task.validation(data, 0.25, seed=0)
   assert len(val.eval["y"]) == 10 and (val.eval["y"] >= 0).all()
   assert val.num_train == 70 and (val.train["y"] == -1).sum() == 40
+  assert (data.teacher_only == (data.train["y"] == -1)).all()
+  assert (val.teacher_only == (val.train["y"] == -1)).all()

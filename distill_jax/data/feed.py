@@ -67,7 +67,10 @@ class Feed:
   def __init__(self, config, data, arrays: Mapping[str, np.ndarray], phase: str):
     self.data, self.arrays, self.phase = data, arrays, phase
     self.seed, self.batch_size = config.seed, config.batch_size
-    self.per_epoch = steps_per_epoch(data.num_train, self.batch_size)
+    # in memory, the phase's own rows (a labels-only phase leaves the teacher-only rows out)
+    self.num_rows = (data.num_train if data.source is not None
+                     else len(next(iter(arrays.values()))))
+    self.per_epoch = steps_per_epoch(self.num_rows, self.batch_size)
     self.group = config.data.get("group_by_length", 0)
     self.lengths = example_lengths(arrays) if self.group and data.source is None else None
     self.stream: Optional[Any] = None
@@ -78,7 +81,7 @@ class Feed:
     """This process's prepared batch at global step ``step``."""
     if self.stream is not None:
       return self.data.prepare(self.stream.batch(step))
-    idx = local_indices(self.data.num_train, self.batch_size, self.seed, step,
+    idx = local_indices(self.num_rows, self.batch_size, self.seed, step,
                         jax.process_index(), jax.process_count(), self.lengths, self.group)
     return self.data.rows(idx, self.arrays)
 

@@ -32,6 +32,9 @@ class TaskData:
   # Streamed data: the per-example preprocessing of rows read by :meth:`rows` (the held-out
   # one, e.g. a centre crop: calibration rows are read as at inference, deterministically).
   row_transform: Optional[Callable] = None
+  # Rows only a teacher can teach (True: an unlabelled augmented copy, Tang et al.'s transfer
+  # set); phases whose terms read no teacher train on the other rows.
+  teacher_only: Optional[np.ndarray] = None
 
   @property
   def num_train(self) -> int:

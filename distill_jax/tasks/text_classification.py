@@ -116,12 +116,14 @@ class TextClassification(SentenceEmbedding):
     num_classes = int(max(labels.max(), dev_labels.max()) + 1)
     train_rows = dict(tokens, y=labels)
     a = d.augment
+    teacher_only = None
     if a.copies:
       extra = augment(tokens, a.copies, a.mask_prob, a.ngram_prob,
                       tokenizer.tokenizer.token_to_id("[MASK]"), a.seed)
       train_rows = {k: np.concatenate([v, extra[k] if k in extra else
                                        np.full(len(extra["input_ids"]), -1, np.int32)])
                     for k, v in train_rows.items()}
+      teacher_only = np.arange(len(train_rows["y"])) >= len(labels)
     dev = tokenizer.encode(dev_sentences, d.eval_max_length, padding="max_length")
     order = np.argsort(-dev["attention_mask"].sum(1), kind="stable")   # little padding a batch
     held_out = {"tokens": {k: v[order] for k, v in dev.items()}, "y": dev_labels[order],
@@ -132,7 +134,8 @@ class TextClassification(SentenceEmbedding):
                      "name": d.name, "max_length": d.max_length,
                      "eval_max_length": d.eval_max_length, "augment": dict(a),
                      "sha256": fingerprint([train_rows, dev, dev_labels])},
-                    example={k: v[:2] for k, v in train_rows.items()}, prepare=trim)
+                    example={k: v[:2] for k, v in train_rows.items()}, prepare=trim,
+                    teacher_only=teacher_only)
 
   def logits(self, model, params: Any, data: TaskData, mesh, config) -> np.ndarray:
     return train.predict(model, params, data.eval["tokens"], mesh or sharding.make_mesh(),
@@ -160,7 +163,9 @@ class TextClassification(SentenceEmbedding):
     return dataclasses.replace(data, name=f"{data.name}[val]",
                                train={k: v[keep] for k, v in data.train.items()},
                                eval=held_out,
-                               identity=dict(data.identity, validation=(fraction, seed)))
+                               identity=dict(data.identity, validation=(fraction, seed)),
+                               teacher_only=None if data.teacher_only is None
+                               else data.teacher_only[keep])
 
 
 TASKS.register("text_classification")(TextClassification())
