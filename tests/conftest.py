@@ -7,12 +7,6 @@ import tempfile
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="distill_jax_jit_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-# The tests' programs are tiny and mostly run a few steps, so XLA's optimisation passes cost
-# more than they save: without them a ResNet smoke job took 41 s instead of 56 s here, with the
-# same results. (Commands started by the tests inherit the flags.)
-FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
-_flags = os.environ.get("XLA_FLAGS", "").split()
-os.environ["XLA_FLAGS"] = " ".join(_flags + [f for f in FAST_COMPILE if f not in _flags])
 # Token caches of the tests' texts go to a temporary folder, not ~/.cache.
 os.environ.setdefault("DISTILL_JAX_CACHE", tempfile.mkdtemp(prefix="distill_jax_cache_"))
 

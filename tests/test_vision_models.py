@@ -371,3 +371,36 @@ def test_channels_also_select_blocks_and_refuse_a_wider_or_rewired_student():
   with pytest.raises(InputError, match="importance 'norms'"):
     recombine.recombine(t_params, _init(student, BATCH, 14), strategy="channels",
                         rules=resnet.PARTITION_RULES, importance="norms")
+
+
+def test_prune_narrows_a_vits_mlps_and_the_student_computes_what_the_teacher_does():
+  # The teacher's MLP neurons outside a random kept set are silenced (their dense_0 columns
+  # and bias and dense_1 rows zeroed: gelu(0) = 0), so a student cut to the kept neurons must
+  # give the teacher's logits, and both importances must find those neurons.
+  fields = dict(patch_size=4, hidden_size=8, num_heads=2, num_layers=2)
+  teacher = build(3, name="vit", mlp_dim=16, **fields)
+  student = build(3, name="vit", mlp_dim=6, **fields)
+  batch = {"x": _images(4, 8)}
+  t_flat = {k: np.array(v) for k, v in flatten(_init(teacher, batch, 21)).items()}
+  rng = np.random.default_rng(1)
+  keep = {}
+  for i in range(2):
+    keep[i] = np.sort(rng.permutation(16)[:6])
+    drop = np.setdiff1d(np.arange(16), keep[i])
+    t_flat[f"block_{i}/mlp/dense_0/kernel"][:, drop] = 0.0
+    t_flat[f"block_{i}/mlp/dense_0/bias"][drop] = 0.0
+    t_flat[f"block_{i}/mlp/dense_1/kernel"][drop] = 0.0
+  t_params = unflatten({k: jnp.asarray(v) for k, v in t_flat.items()})
+  want = teacher.apply(t_params, batch)[0]["logits"]
+  context = recombine.Context(teacher, t_params, batch, student=student)
+  for importance in ("weight", "activation"):
+    new, report = recombine.recombine(t_params, _init(student, batch, 22), strategy="prune",
+                                      rules=vit.PARTITION_RULES, context=context,
+                                      importance=importance)
+    assert report["new_params"] == 0
+    np.testing.assert_allclose(student.apply(new, batch)[0]["logits"], want, rtol=1e-5,
+                               atol=1e-6, err_msg=importance)
+    flat = flatten(new)
+    for i in range(2):
+      np.testing.assert_array_equal(flat[f"block_{i}/mlp/dense_1/kernel"],
+                                    t_flat[f"block_{i}/mlp/dense_1/kernel"][keep[i]])

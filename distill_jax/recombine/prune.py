@@ -1,6 +1,6 @@
 """``prune``: a student with fewer layers and/or narrower widths cut out of the teacher,
 Minitron-style (Muralidharan et al., 2024, "Compact Language Models via Pruning and Knowledge
-Distillation"), for the transformer families (``llama``, ``bert``).
+Distillation"), for the transformer families (``llama``, ``bert``; ``vit``: MLP neurons only).
 
 Depth: the student's layers are copies of teacher layers (``layers``, ``every`` or evenly, as
 ``select``). Width, read off the student's shapes against the teacher's: MLP neurons
@@ -45,6 +45,10 @@ ROLES = ((r"attention/query/kernel", ("hidden", "q")), (r"attention/query/bias",
          (r"mlp/(gate|up)/kernel", ("hidden", "neurons")),
          (r"mlp/down/kernel", ("neurons", "hidden")),
          (r"intermediate/kernel", ("hidden", "neurons")), (r"intermediate/bias", ("neurons",)),
+         # ViT (models/vit.py): its MLP's two Dense layers (its heads split the hidden width,
+         # and its patch and position embeddings have no role here: neurons only)
+         (r"mlp/dense_0/kernel", ("hidden", "neurons")), (r"mlp/dense_0/bias", ("neurons",)),
+         (r"mlp/dense_1/kernel", ("neurons", "hidden")),
          (r"output/kernel", ("neurons", "hidden")), (r"output/bias", ("hidden",)),
          (r"[^/]*norm/(scale|bias)", ("hidden",)), (r"embedding", (None, "hidden")),
          (r"lm_head/kernel", ("hidden", None)),
