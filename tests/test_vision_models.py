@@ -296,7 +296,7 @@ def test_channels_cut_a_narrower_resnet_computing_what_the_teacher_computes(bloc
   teacher, student = _tiny(**t_fields), _tiny(**s_fields)
   t_params = flatten(_init(teacher, BATCH, 11, stats=True))
   s_shapes = {k: np.shape(v) for k, v in flatten(_init(student, BATCH, 12)).items()}
-  t_sets = resnet.channel_sets({k: np.shape(v) for k, v in t_params.items()})
+  t_sets = resnet.channel_sets(t_params)
   s_sets = resnet.channel_sets(s_shapes)
   rng = np.random.default_rng(0)
   keep, t_size = {}, {}

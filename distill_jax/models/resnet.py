@@ -8,7 +8,7 @@ blocks within a stage); a block's batch-norm statistics sit beside its weights
 (``stage_1/block_0/bn_1/{scale, bias, mean, var}``: ``models.Family.state``).
 """
 import re
-from typing import Mapping, Sequence
+from typing import Iterable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -196,8 +196,19 @@ class ResNet(nn.Module):
 _BLOCK = re.compile(r"stage_(\d+)/block_(\d+)/(.*)")
 
 
-def channel_sets(shapes: Mapping[str, tuple]) -> dict[str, tuple]:
-  """For each parameter path of a ResNet (``{path: shape}``, statistics included), the channel
+def blocks(paths: Iterable[str]) -> dict[tuple[int, int], set[str]]:
+  """``{(stage, block): names under it}`` of a ResNet's parameter paths
+  (``stage_1/block_0/bn_1/scale`` -> ``(1, 0): {"bn_1/scale", ...}``)."""
+  out: dict = {}
+  for path in paths:
+    m = _BLOCK.fullmatch(path)
+    if m:
+      out.setdefault((int(m.group(1)), int(m.group(2))), set()).add(m.group(3))
+  return out
+
+
+def channel_sets(paths: Iterable[str]) -> dict[str, tuple]:
+  """For each parameter path of a ResNet (statistics included), the channel
   set of each axis: channels that must be kept or dropped together when the network is made
   narrower. ``"stem"`` is the stem's output; a stage's residual stream is ``"stage_{i}"`` from
   the block whose projection shortcut starts it (blocks without one read and write the stream
@@ -205,24 +216,20 @@ def channel_sets(shapes: Mapping[str, tuple]) -> dict[str, tuple]:
   inner channels are ``"stage_{i}/block_{j}/{k}"``. None: an axis never narrowed (kernel
   sizes, the image's colour channels, the classes). Pre-activation ResNets (a top-level
   ``norm``) read a block's ``bn_0`` on its input."""
-  preact = any(p.startswith("norm/") for p in shapes)
-  blocks: dict = {}
-  for path in shapes:
-    m = _BLOCK.fullmatch(path)
-    if m:
-      blocks.setdefault((int(m.group(1)), int(m.group(2))), set()).add(m.group(3))
+  paths = set(paths)
+  preact = any(p.startswith("norm/") for p in paths)
   sets = {}
   current = "stem"
 
   def put(prefix: str, module: str, inputs, outputs) -> None:
     for name in ("kernel", "scale", "bias", "mean", "var"):
       path = f"{prefix}{module}/{name}"
-      if path in shapes:
+      if path in paths:
         sets[path] = ((None, None, inputs, outputs) if name == "kernel" else (outputs,))
 
   sets.update({p: (None, None, None, "stem") if p.endswith("kernel") else ("stem",)
-               for p in shapes if p.startswith("stem/")})
-  for (i, j), names in sorted(blocks.items()):
+               for p in paths if p.startswith("stem/")})
+  for (i, j), names in sorted(blocks(paths).items()):
     prefix = f"stage_{i}/block_{j}/"
     inner = [f"{prefix}{k}" for k in range(3)]
     out = f"stage_{i}" if any(n.startswith("shortcut/") for n in names) else current
@@ -236,9 +243,9 @@ def channel_sets(shapes: Mapping[str, tuple]) -> dict[str, tuple]:
     put(prefix, "shortcut/bn", None, out)
     current = out
   put("", "norm", None, current)
-  if "head/kernel" in shapes:
+  if "head/kernel" in paths:
     sets["head/kernel"], sets["head/bias"] = (current, None), (None,)
-  unknown = sorted(set(shapes) - set(sets))
+  unknown = sorted(paths - set(sets))
   if unknown:
     raise InputError(f"channel_sets: parameter(s) {unknown[:5]} are not part of a ResNet "
                      "laid out as models/resnet.py builds it")

@@ -15,12 +15,13 @@ stream: every kept block's norm on it):
   ``"activation"`` (label-free, the teacher run on ``context.batch``): the mean |y| of the batch
   norm's output over images and positions.
 """
+from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
 
 from distill_jax.errors import InputError
-from distill_jax.models.resnet import channel_sets
+from distill_jax.models.resnet import blocks, channel_sets
 from distill_jax.partition import Partition
 from distill_jax.recombine.context import Context
 from distill_jax.recombine.prune import activation_stats
@@ -38,12 +39,8 @@ def _flat(parts: Partition, what: str) -> dict:
 
 def _stage_sizes(paths) -> list[int]:
   """Blocks per stage, read off the ``stage_{i}/block_{j}`` paths."""
-  blocks: dict = {}
-  for path in paths:
-    parts = path.split("/")
-    if len(parts) > 2 and parts[0].startswith("stage_") and parts[1].startswith("block_"):
-      blocks.setdefault(int(parts[0][6:]), set()).add(int(parts[1][6:]))
-  return [len(blocks[i]) for i in sorted(blocks)]
+  per_stage = Counter(i for i, _ in blocks(paths))
+  return [per_stage[i] for i in sorted(per_stage)]
 
 
 def _sources(teacher: Partition, student: Partition, plan: list) -> dict:
@@ -63,20 +60,25 @@ def _sources(teacher: Partition, student: Partition, plan: list) -> dict:
   return out
 
 
-def _set_map(sources: dict, s_sets: dict, t_sets: dict) -> dict:
-  """Student channel set -> the teacher's set it is cut from; a student set fed by two
-  teacher sets (another shortcut layout) is an error naming both."""
+def _set_map(sources: dict, s_sets: dict, t_sets: dict, s_shape, t_shape) -> dict:
+  """Student channel set -> ``(teacher set it is cut from, student size, teacher size)``, the
+  sizes from the first array on the set (the others are checked when sliced); a student set
+  fed by two teacher sets (another shortcut layout) is an error naming both."""
   found: dict = {}
   for s_path, t_path in sources.items():
-    for s_set, t_set in zip(s_sets[s_path], t_sets[t_path]):
+    for axis, (s_set, t_set) in enumerate(zip(s_sets[s_path], t_sets[t_path])):
       if (s_set is None) != (t_set is None):
         raise InputError(f"channels: {s_path} and its source {t_path} disagree on which axes "
                          "are channels")
-      if s_set is not None and found.setdefault(s_set, (t_set, s_path))[0] != t_set:
+      if s_set is None:
+        continue
+      first = found.setdefault(s_set, (t_set, s_path, s_shape(s_path)[axis],
+                                       t_shape(t_path)[axis]))
+      if first[0] != t_set:
         raise InputError(f"channels: student set {s_set!r} comes from teacher sets "
-                         f"{found[s_set][0]!r} (at {found[s_set][1]}) and {t_set!r} (at "
-                         f"{s_path}): the student's shortcuts differ from the teacher's")
-  return {s: t for s, (t, _) in found.items()}
+                         f"{first[0]!r} (at {first[1]}) and {t_set!r} (at {s_path}): the "
+                         "student's shortcuts differ from the teacher's")
+  return {s: (t, n_s, n_t) for s, (t, _, n_s, n_t) in found.items()}
 
 
 def _norms(sources: dict, t_sets: dict) -> dict:
@@ -100,33 +102,26 @@ def channels(teacher: Partition, student: Partition, context: Optional[Context] 
                      layers if layers else stage_layers(t_stages, s_stages))
   sources = _sources(teacher, student, plan)
   value = lambda parts, flat, path: np.asarray(parts.groups[flat[path][0]][flat[path][1]])
-  t_sets = channel_sets({p: np.shape(value(teacher, t_flat, p)) for p in t_flat})
-  s_sets = channel_sets({p: np.shape(value(student, s_flat, p)) for p in s_flat})
-  set_map = _set_map(sources, s_sets, t_sets)
-  # Each student set's size, from the first array on it; the rest are checked when sliced.
-  s_size, t_size = {}, {}
-  for s_path, t_path in sources.items():
-    for axis, (s_set, t_set) in enumerate(zip(s_sets[s_path], t_sets[t_path])):
-      if s_set is not None:
-        s_size.setdefault(s_set, np.shape(value(student, s_flat, s_path))[axis])
-        t_size.setdefault(s_set, np.shape(value(teacher, t_flat, t_path))[axis])
+  t_sets, s_sets = channel_sets(t_flat), channel_sets(s_flat)
+  set_map = _set_map(sources, s_sets, t_sets, lambda p: np.shape(value(student, s_flat, p)),
+                     lambda p: np.shape(value(teacher, t_flat, p)))
   norms = _norms(sources, t_sets)
-  narrowed = {s for s in s_size if s_size[s] < t_size[s]}
-  wider = sorted(s for s in s_size if s_size[s] > t_size[s])
+  narrowed = {s for s, (_, n_s, n_t) in set_map.items() if n_s < n_t}
+  wider = sorted(s for s, (_, n_s, n_t) in set_map.items() if n_s > n_t)
   if wider:
     raise InputError(f"channels: the student's channel set(s) {wider} are wider than the "
-                     f"teacher's ({[(s_size[s], t_size[s]) for s in wider]})")
+                     f"teacher's ({[set_map[s][1:] for s in wider]})")
   if importance == "activation" and narrowed:
-    wanted = {m: ("output", 0) for s in narrowed for m in norms.get(set_map[s], [])}
+    wanted = {m: ("output", 0) for s in narrowed for m in norms.get(set_map[s][0], [])}
     stats = activation_stats(context, wanted)
-    score = {s: sum(stats[m] for m in norms.get(set_map[s], [])) for s in narrowed}
+    score = {s: sum(stats[m] for m in norms.get(set_map[s][0], [])) for s in narrowed}
   else:
     score = {s: sum(np.abs(value(teacher, t_flat, m + "/scale"))
-                    for m in norms.get(set_map[s], [])) for s in narrowed}
+                    for m in norms.get(set_map[s][0], [])) for s in narrowed}
   no_norm = sorted(s for s in narrowed if np.ndim(score[s]) == 0)
   if no_norm:
     raise InputError(f"channels: no kept batch norm on channel set(s) {no_norm} to rank them")
-  keep = {s: np.sort(np.argsort(-score[s], kind="stable")[:s_size[s]]) for s in narrowed}
+  keep = {s: np.sort(np.argsort(-score[s], kind="stable")[:set_map[s][1]]) for s in narrowed}
   groups: dict = {g: {} for g in student.groups}
   reused = set()
   for s_path, t_path in sources.items():
@@ -141,5 +136,5 @@ def channels(teacher: Partition, student: Partition, context: Optional[Context] 
     group, key = s_flat[s_path]
     groups[group][key] = x
     reused.add((group, key))
-  kept = {s: f"{s_size[s]}/{t_size[s]}" for s in sorted(narrowed)}
+  kept = {s: f"{set_map[s][1]}/{set_map[s][2]}" for s in sorted(narrowed)}
   return groups, reused, {"teacher_layers": plan, "importance": importance, "channels": kept}
