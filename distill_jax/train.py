@@ -360,7 +360,8 @@ def length_order(arrays: Any) -> Optional[np.ndarray]:
 
 def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
             prepare=lambda batch: batch, outputs: Sequence[str] = ("logits",),
-            topk: int = 0, order: Optional[np.ndarray] = None, desc: str = "") -> dict:
+            topk: int = 0, order: Optional[np.ndarray] = None, desc: str = "",
+            batches: Optional[Sequence[tuple[int, int]]] = None) -> dict:
   """The model's ``outputs`` for every example of ``arrays`` (numpy, in order), computed in
   sharded, padded batches; every process passes the same arrays and gets all outputs back.
   ``prepare`` maps each batch before the model sees it (e.g. cutting padding columns).
@@ -369,28 +370,32 @@ def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
   rows read on demand (``len`` and ``take(idx) -> dict``: a streamed held-out set, read a batch
   at a time). ``order``: a permutation of the rows to compute them in (e.g.
   :func:`length_order`); the outputs come back in the rows' own order all the same. ``desc``:
-  a progress bar with this label (for long passes, e.g. the teacher cache)."""
+  a progress bar with this label (for long passes, e.g. the teacher cache). ``batches``:
+  ``(start, rows)`` spans over the ordered rows, for batches whose size changes (e.g. bounded
+  by tokens, :func:`~distill_jax.tasks.sentence_embedding.length_batches`); by default
+  ``batch_size`` rows each."""
   forward = _forward(model, tuple(outputs), mesh, topk)
   outputs = [k for k in outputs if not (topk and k == "logits")] + (
       ["topk_values", "topk_indices"] if topk else [])
   ways = sharding.batch_size_per_step(mesh)
   take = getattr(arrays, "take", None) or (lambda idx: {k: v[idx] for k, v in arrays.items()})
   n = len(arrays) if hasattr(arrays, "take") else len(next(iter(arrays.values())))
-  size = -(-batch_size // ways) * ways
   rows = np.arange(n) if order is None else np.asarray(order)
   if rows.shape != (n,) or not np.array_equal(np.sort(rows), np.arange(n)):
     raise InputError(f"predict: order must be a permutation of the {n} rows")
+  step = -(-batch_size // ways) * ways
+  spans = batches if batches is not None else [(s, step) for s in range(0, n, step)]
   parts: dict = {k: [] for k in outputs}
-  starts = range(0, n, size)
   if desc and jax.process_index() == 0:
     from tqdm.auto import tqdm
-    starts = tqdm(starts, desc=desc, unit="batch", mininterval=5.0)
-  for start in starts:
+    spans = tqdm(spans, desc=desc, unit="batch", mininterval=5.0)
+  for start, count in spans:
+    size = -(-count // ways) * ways            # every device gets the same number of rows
     idx = rows[np.minimum(np.arange(start, start + size), n - 1)]   # the last repeats a row
     batch = prepare(take(idx))
     out = forward(params, sharding.shard_batch(sharding.process_batch(batch), mesh))
     for k, v in jax.device_get(out).items():
-      parts[k].append(np.asarray(v)[:min(size, n - start)])
+      parts[k].append(np.asarray(v)[:min(count, n - start)])
   result = {}
   for k, v in parts.items():
     computed = np.concatenate(v)

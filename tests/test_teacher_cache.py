@@ -90,6 +90,10 @@ def test_predict_in_another_order_returns_the_rows_in_their_own_order():
   perm = rng.permutation(11)
   np.testing.assert_allclose(train.predict(model, params, arrays, mesh, 4, order=perm)["logits"],
                              plain, rtol=1e-6, atol=1e-6)
+  # batches of changing sizes (token-bounded ones), the last running past the rows
+  np.testing.assert_allclose(
+      train.predict(model, params, arrays, mesh, 4, order=perm,
+                    batches=[(0, 3), (3, 5), (8, 4)])["logits"], plain, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="order must be a permutation of the 11 rows"):
     train.predict(model, params, arrays, mesh, 4, order=np.zeros(11, int))
   mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]])

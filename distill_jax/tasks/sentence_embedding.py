@@ -125,14 +125,8 @@ def predict_by_length(model, params: Any, tokens: dict, mesh, batch_size: int,
   in :func:`trim`-med batches of :func:`length_batches` (little padding, bounded work)."""
   lengths = tokens["attention_mask"].sum(1)
   order = np.argsort(-lengths, kind="stable")
-  parts = []
-  for start, rows in length_batches(lengths[order], batch_size, max_tokens):
-    part = {k: v[order[start:start + rows]] for k, v in tokens.items()}
-    parts.append(train.predict(model, params, part, mesh, rows, trim, (output,))[output])
-  got = np.concatenate(parts)
-  out = np.empty_like(got)
-  out[order] = got
-  return out
+  return train.predict(model, params, tokens, mesh, batch_size, trim, (output,), order=order,
+                       batches=length_batches(lengths[order], batch_size, max_tokens))[output]
 
 
 class SentenceEmbedding(Task):
