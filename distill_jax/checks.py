@@ -27,6 +27,7 @@ class Checked:
 
 # (key, lowest value, is the lowest excluded, must it be an integer)
 RANGES = (("batch_size", 1, False, True), ("eval_batch_size", 1, False, True),
+          ("data.eval_max_tokens", 1, False, True),
           ("micro_batches", 1, False, True), ("log_every", 1, False, True),
           ("checkpoint_every", 1, False, True), ("eval_every", 0, False, True),
           ("student.steps", 1, False, True), ("student.learning_rate", 0, True, False),

@@ -35,6 +35,9 @@ def defaults() -> ml_collections.ConfigDict:
       num_classes=0,                # npz: 0 = max label + 1
       max_length=128,               # text: training sequences are truncated (LMs: packed) here
       eval_max_length=256,          # text: evaluation sequences (LMs: perplexity windows)
+      # sentence embeddings: held-out batches run longest first, each at most this many tokens
+      # (rows x padded length; larger suits accelerators)
+      eval_max_tokens=1024,
       tokenizer="",                 # LMs: "char" | "smollm2" | a .gguf or tokenizer.json file
       documents="raw",              # LMs: "raw" text, or "lines" (one document a line)
       eval_stride=0,                # LMs: perplexity window stride (0: eval_max_length // 2)

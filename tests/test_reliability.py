@@ -120,6 +120,7 @@ def _digits(**overrides):
 @pytest.mark.parametrize("key,value,message", [
     ("batch_size", 0, "batch_size=0: must be an integer >= 1"),
     ("eval_batch_size", -4, "eval_batch_size=-4: must be an integer >= 1"),
+    ("data.eval_max_tokens", 0, "data.eval_max_tokens=0: must be an integer >= 1"),
     ("micro_batches", 0, "micro_batches=0"),
     ("log_every", 0, "log_every=0"),
     ("checkpoint_every", 0, "checkpoint_every=0"),

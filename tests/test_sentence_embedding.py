@@ -158,3 +158,38 @@ def test_trim_cuts_padding_to_a_multiple_of_16():
   batch["attention_mask"][0, :20] = 1
   out = trim(batch)
   assert out["input_ids"].shape == (2, 32) and out["teacher_pooled"].shape == (2, 384)
+
+
+def test_the_held_out_token_bound_is_a_setting(monkeypatch):
+  # data.eval_max_tokens reaches the held-out batching; the score does not depend on it
+  from distill_jax import sharding
+  from distill_jax.tasks import TASKS
+  from distill_jax.tasks import sentence_embedding as se
+  from distill_jax.text.sts import StsPairs
+  teacher, tp, _, _ = _models()
+
+  class Words:   # one id per word (its length), padded to max_length
+    def encode(self, sentences, max_length, padding="max_length"):
+      ids = np.zeros((len(sentences), max_length), np.int32)
+      for i, s in enumerate(sentences):
+        words = [len(w) for w in s.split()][:max_length]
+        ids[i, :len(words)] = words
+      return {"input_ids": ids, "attention_mask": (ids > 0).astype(np.int32),
+              "token_type_ids": np.zeros_like(ids)}
+
+  sentences = [" ".join("x" * (1 + (i * j) % 9) for j in range(1 + i % 14)) for i in range(30)]
+  pairs = StsPairs(sentences[:15], sentences[15:], np.linspace(0, 5, 15))
+  data = TaskData("sts", {}, {"pairs": pairs, "tokenizer": Words()}, {}, {}, example={})
+  bounds = []
+  real = se.length_batches
+  monkeypatch.setattr(se, "length_batches",
+                      lambda lengths, rows, bound: bounds.append(bound) or real(lengths, rows, bound))
+  config = defaults()
+  config.data.eval_max_length, config.eval_batch_size = 16, 8
+  scores = []
+  for bound in (32, 10**6):
+    config.data.eval_max_tokens = bound
+    scores.append(TASKS.get("sentence_embedding").evaluate(teacher, tp, data, sharding.make_mesh(),
+                                                           config)["spearman"])
+  assert bounds == [32, 10**6]
+  np.testing.assert_allclose(scores[0], scores[1], atol=1e-6)

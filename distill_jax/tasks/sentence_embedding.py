@@ -157,7 +157,8 @@ class SentenceEmbedding(Task):
 
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
     score = sts_score(lambda s: embed(model, params, data.eval["tokenizer"], s,
-                                      config.eval_batch_size, config.data.eval_max_length, mesh),
+                                      config.eval_batch_size, config.data.eval_max_length, mesh,
+                                      config.data.eval_max_tokens),
                       data.eval["pairs"])
     metrics = {"spearman": score}
     if reference is not None:
