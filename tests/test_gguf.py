@@ -148,6 +148,40 @@ def test_a_tiny_llama_reads_back_in_hf_order(tmp_path):
   assert reader.special_tokens(tok) == {"eos": 0}
 
 
+def test_the_file_reader_agrees_with_ggufs_own(tmp_path):
+  # distill_jax's GGUF parser (fast on large tokenizers) against gguf.GGUFReader: every field
+  # of every value type, and every tensor's bytes and dequantised values, quantised ones too
+  from gguf.quants import dequantize, quantize
+  from distill_jax.text.gguf_file import GGUFFile
+  Q = gguf.GGMLQuantizationType
+  w = gguf.GGUFWriter(str(tmp_path / "all.gguf"), "llama")
+  w.add_uint8("u8", 7), w.add_int16("i16", -3), w.add_uint64("u64", 2**40), w.add_bool("yes", True)
+  w.add_float64("f64", 0.1), w.add_string("text", "héllo"), w.add_array("ints", [3, -1, 4])
+  w.add_array("floats", [0.5, 1.5]), w.add_array("words", ["a", "", "Ġb"] * 300)
+  rng = np.random.default_rng(0)
+  for name, kind in (("f32", Q.F32), ("f16", Q.F16), ("q8", Q.Q8_0), ("q4", Q.Q4_1)):
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    stored = x if kind == Q.F32 else x.astype(np.float16) if kind == Q.F16 else quantize(x, kind)
+    w.add_tensor(name, stored, raw_dtype=kind if kind not in (Q.F32, Q.F16) else None)
+  w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+  ours, theirs = GGUFFile(str(tmp_path / "all.gguf")), gguf.GGUFReader(str(tmp_path / "all.gguf"))
+  expected = {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")}
+  assert ours.fields == expected and ours.fields["words"][:3] == ["a", "", "Ġb"]
+  assert [t.name for t in ours.tensors] == ["f32", "f16", "q8", "q4"]
+  for a, b in zip(ours.tensors, theirs.tensors):
+    assert a.tensor_type == b.tensor_type and a.shape == (3, 64)
+    np.testing.assert_array_equal(dequantize(a.data, a.tensor_type),
+                                  dequantize(b.data, b.tensor_type))
+  # a llama file cut short anywhere (the last cut inside its last tensor, past the padding of
+  # at most 31 bytes): refused as not a GGUF file, naming it
+  whole = open(_write(tmp_path / "tiny.gguf", tensors=_hf_tensors(rng)), "rb").read()
+  for cut in (0, 3, 30, len(whole) // 2, len(whole) - 40):
+    (tmp_path / "cut.gguf").write_bytes(whole[:cut])
+    reader._open.cache_clear()
+    with pytest.raises(InputError, match=r"cut\.gguf: not a GGUF file"):
+      reader.read_gguf(str(tmp_path / "cut.gguf"))
+
+
 def test_a_file_that_is_not_gguf_is_refused(tmp_path):
   path = tmp_path / "junk.gguf"
   path.write_bytes(b"this is not a GGUF file at all" * 10)

@@ -23,6 +23,7 @@ import numpy as np
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.models.llama import LlamaConfig, expected_shapes
 from distill_jax.paths import unflatten
+from distill_jax.text.gguf_file import GGUFFile
 
 if TYPE_CHECKING:
   import tokenizers
@@ -59,12 +60,12 @@ def smollm2_path() -> str:
 
 
 def _field(reader, path: str, key: str, default=None):
-  field = reader.get_field(key)
-  if field is None:
+  value = reader.get(key)
+  if value is None:
     if default is not None:
       return default
     raise InputError(f"{path}: GGUF metadata has no {key}")
-  return field.contents()
+  return value
 
 
 def _config(reader, path: str, tokens: list) -> dict:
@@ -158,17 +159,17 @@ def _tokenizer(reader, path: str, tokens: list):
 
 @functools.lru_cache(maxsize=2)
 def _open(path: str):
-  """A GGUFReader of a llama GGUF file (errors name the file). Cached: a job reads the
-  tokenizer for its data and then the teacher, and parsing the metadata takes seconds."""
+  """The metadata and tensors of a llama GGUF file (errors name the file). Cached: a job reads
+  the tokenizer for its data and then the teacher."""
   try:
-    from gguf import GGUFReader
+    import gguf  # noqa: F401  (its constants and dequantisation)
   except ImportError:
     raise MissingInput(f"reading a GGUF file needs the package gguf: `{INSTALL}`") from None
   if not os.path.isfile(path):
     raise MissingInput(f"no GGUF file at {path!r}")
   try:
-    reader = GGUFReader(path)
-  except (ValueError, IndexError, OSError) as e:   # bad magic, version, truncated, empty
+    reader = GGUFFile(path)
+  except (ValueError, KeyError, OSError) as e:   # bad magic, version, type, truncated, empty
     raise InputError(f"{path}: not a GGUF file ({e})") from None
   arch = _field(reader, path, "general.architecture")
   if arch != "llama":
