@@ -19,10 +19,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from distill_jax.tasks.text_classification import read_tsv  # noqa: E402
 
 
+def words(row: str) -> str:
+  """The row's words, one space apart (rows are space-tokenised)."""
+  return " ".join(row.split())
+
+
 def contained(rows: list[str], corpus: list[str]) -> list[bool]:
-  """For each row: is it, word-aligned, part of some corpus row? (Rows are space-tokenised.)"""
-  text = " " + " \n ".join(" ".join(r.split()) for r in corpus) + " "
-  return [f" {' '.join(r.split())} " in text for r in rows]
+  """For each row: is it, word-aligned, part of some corpus row?"""
+  text = " " + " \n ".join(map(words, corpus)) + " "
+  return [f" {words(r)} " in text for r in rows]
 
 
 def main() -> None:
@@ -35,8 +40,8 @@ def main() -> None:
   train, _ = read_tsv(args.train)
   dev, labels = read_tsv(args.dev)
   inside = contained(dev, train)
-  exact = set(" ".join(s.split()) for s in train)
-  n_exact = sum(" ".join(s.split()) in exact for s in dev)
+  exact = set(map(words, train))
+  n_exact = sum(words(s) in exact for s in dev)
   n_in = sum(inside)
   print(f"{args.dev}: {len(dev)} rows; {n_exact} ({n_exact / len(dev):.1%}) are training rows; "
         f"{n_in} ({n_in / len(dev):.1%}) are part of a training row; "

@@ -82,7 +82,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     # The same families at toy depth: one block per stage, the teacher's first stage two; the
     # x4 pair at a quarter of its width (its 64-256 channels made the smoke run compute-bound).
     c.teacher.model.stage_sizes, c.student.model.stage_sizes = (2, 1, 1), (1, 1, 1)
-    for m in (c.teacher.model, c.student.model):
-      if m.stem_width:
+    if pairs[0] == "resnet32x4_resnet8x4":
+      for m in (c.teacher.model, c.student.model):
         m.widths, m.stem_width = tuple(w // 4 for w in m.widths), m.stem_width // 4
   return c

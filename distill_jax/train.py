@@ -396,8 +396,6 @@ def predict(model, params: Any, arrays: dict, mesh: Mesh, batch_size: int = 512,
     out = forward(params, sharding.shard_batch(sharding.process_batch(batch), mesh))
     for k, v in jax.device_get(out).items():
       parts[k].append(np.asarray(v)[:min(count, n - start)])
-  result = {}
-  for k, v in parts.items():
-    computed = np.concatenate(v)
-    result[k] = computed if order is None else computed[np.argsort(rows)]
-  return result
+  back = None if order is None else np.argsort(rows)     # computed row -> its own position
+  return {k: np.concatenate(v) if back is None else np.concatenate(v)[back]
+          for k, v in parts.items()}

@@ -37,7 +37,6 @@ class GGUFFile:
   def __init__(self, path: str):
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
     from gguf.quants import quant_shape_to_byte_shape
-    self.path = path
     self._map = np.memmap(path, np.uint8, mode="r")
     self._buf = memoryview(self._map)
     self._pos = 0
