@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import jax
 
-from distill_jax import plans, recombine, runner, train
+from distill_jax import inference, plans, recombine, runner
 from distill_jax.config import apply_overrides
 from distill_jax.errors import InputError
 from distill_jax.partition import partition
@@ -57,8 +57,8 @@ def choose_init(run: runner.Run, student, teacher, teacher_params: Any,
     raise InputError(f"student.init.choose.by={choose.by!r}: use '' or 'agreement'")
   rows = {k: v[:choose.num_examples] for k, v in run.data.train.items()}
   name = run.task.agreement_output
-  outputs = lambda m, p: train.predict(m, p, rows, run.mesh, run.config.eval_batch_size,
-                                       run.data.prepare, (name,))[name]
+  outputs = lambda m, p: inference.predict(m, p, rows, run.mesh, run.config.eval_batch_size,
+                                           run.data.prepare, (name,))[name]
   candidates, over = within_budget(run, list(choose.plans) or layer_plans(run, student,
                                                                          teacher_params),
                                    teacher, teacher_params)

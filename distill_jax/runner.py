@@ -15,7 +15,7 @@ import numpy as np
 
 from distill_jax import choose
 from distill_jax import features as features_lib
-from distill_jax import losses, models, paths, recombine, sharding, teacher_cache, train
+from distill_jax import inference, losses, models, paths, recombine, sharding, teacher_cache, train
 from distill_jax.checkpoint import (Checkpointer, MODEL_FILE, load_export_params,
                                     read_export_meta, save_export)
 from distill_jax.data.feed import Feed
@@ -157,10 +157,10 @@ def cached_outputs(run: Run, bound: Sequence, teacher, teacher_params: Any, reci
   on_device = config.distill.cache == "topk" and names == ["logits"]
 
   def build():
-    out = train.predict(teacher, teacher_params, run.data.train, run.mesh,
-                        config.eval_batch_size, run.data.prepare, names,
-                        topk=config.distill.cache_topk if on_device else 0,
-                        order=train.length_order(run.data.train), desc="teacher cache")
+    out = inference.predict(teacher, teacher_params, run.data.train, run.mesh,
+                            config.eval_batch_size, run.data.prepare, names,
+                            topk=config.distill.cache_topk if on_device else 0,
+                            order=inference.length_order(run.data.train), desc="teacher cache")
     return teacher_cache.compute(out, config.distill.cache, config.distill.cache_topk)
   return teacher_cache.load_or_build(
       os.path.join(run.workdir, "teacher_cache"),

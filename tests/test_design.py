@@ -20,7 +20,7 @@ LAYERS = {
         "text.sts", "text.tokenize"),
     2: ("features", "recombine", "checkpoint", "teacher_cache", "text.weights", "text.minilm",
         "text.hf_llama", "text.generate", "plots"),
-    3: ("train", "loop"),
+    3: ("train", "inference", "loop"),
     4: ("tasks",),
     5: ("runner", "choose", "plans", "manifest", "evaluation_cache", "blockwise"),
     6: ("checks",),

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill_jax import losses, models, recombine, train
+from distill_jax import inference, losses, models, recombine, train
 from distill_jax.errors import InputError
 from distill_jax.models.llama import PARTITION_RULES
 from distill_jax.teacher_cache import cache_key
@@ -50,10 +50,10 @@ def test_reverse_kl_and_jsd_match_numpy(logits):
 def test_top_k_kl_is_the_renormalised_teacher_and_exact_with_the_whole_vocabulary(logits):
   t, s = logits
   full = losses.kd({"logits": jnp.asarray(s)}, {"logits": jnp.asarray(t)}, {})
-  top = train.top_k(jnp.asarray(t), 7)
+  top = inference.top_k(jnp.asarray(t), 7)
   assert float(losses.kd({"logits": jnp.asarray(s)}, top, {})) == pytest.approx(float(full),
                                                                                 rel=1e-5)
-  top3 = train.top_k(jnp.asarray(t), 3)
+  top3 = inference.top_k(jnp.asarray(t), 3)
   idx = np.argsort(-t, -1)[..., :3]
   np.testing.assert_array_equal(top3["topk_indices"], idx)
   p = softmax(np.take_along_axis(t, idx, -1))                 # renormalised over the top 3
@@ -68,7 +68,7 @@ def test_a_cached_top_k_per_token_replaces_the_teacher_pass(logits):
   """Batch keys teacher_topk_* (what distill.cache='topk' adds) are the teacher's outputs
   the terms read, with no teacher params at all; per token they stay sparse."""
   t, s = logits
-  cached = {f"teacher_{k}": v for k, v in train.top_k(jnp.asarray(t), 4).items()}
+  cached = {f"teacher_{k}": v for k, v in inference.top_k(jnp.asarray(t), 4).items()}
   out, feats = train.teacher_outputs(None, None, {"tokens": 0, **cached}, False, 7, None)
   assert set(out) == {"topk_values", "topk_indices"} and not feats
   want = losses.topk_kl_divergence(cached["teacher_topk_values"],
@@ -76,7 +76,7 @@ def test_a_cached_top_k_per_token_replaces_the_teacher_pass(logits):
   got = losses.kd({"logits": jnp.asarray(s)}, out, {})
   assert float(got) == pytest.approx(float(want), rel=1e-6)
   # one distribution per example (classification) still becomes dense logits
-  flat = {f"teacher_{k}": v[:, 0] for k, v in train.top_k(jnp.asarray(t), 4).items()}
+  flat = {f"teacher_{k}": v[:, 0] for k, v in inference.top_k(jnp.asarray(t), 4).items()}
   out, _ = train.teacher_outputs(None, None, flat, False, 7, None)
   assert out["logits"].shape == (2, 7)
 

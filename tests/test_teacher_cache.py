@@ -78,24 +78,25 @@ def test_the_cache_refuses_augmented_recipes(tmp_path):
 
 
 def test_predict_in_another_order_returns_the_rows_in_their_own_order():
-  # The cache computes token rows shortest first (train.length_order); what comes back must be
+  # The cache computes token rows shortest first (inference.length_order); what comes back must be
   # each row's own output, as without an order, including the last, partial batch.
-  from distill_jax import sharding, train
+  from distill_jax import inference, sharding
   model = mlp((16,))
   params = state_for(model, seed=5).params
   rng = np.random.default_rng(0)
   arrays = {"x": rng.normal(size=(11, 64)).astype(np.float32)}
   mesh = sharding.make_mesh()
-  plain = train.predict(model, params, arrays, mesh, 4)["logits"]
+  plain = inference.predict(model, params, arrays, mesh, 4)["logits"]
   perm = rng.permutation(11)
-  np.testing.assert_allclose(train.predict(model, params, arrays, mesh, 4, order=perm)["logits"],
-                             plain, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+      inference.predict(model, params, arrays, mesh, 4, order=perm)["logits"], plain,
+      rtol=1e-6, atol=1e-6)
   # batches of changing sizes (token-bounded ones), the last running past the rows
   np.testing.assert_allclose(
-      train.predict(model, params, arrays, mesh, 4, order=perm,
-                    batches=[(0, 3), (3, 5), (8, 4)])["logits"], plain, rtol=1e-6, atol=1e-6)
+      inference.predict(model, params, arrays, mesh, 4, order=perm,
+                        batches=[(0, 3), (3, 5), (8, 4)])["logits"], plain, rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="order must be a permutation of the 11 rows"):
-    train.predict(model, params, arrays, mesh, 4, order=np.zeros(11, int))
+    inference.predict(model, params, arrays, mesh, 4, order=np.zeros(11, int))
   mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
-  assert train.length_order({"attention_mask": mask}).tolist() == [1, 3, 2, 0]
-  assert train.length_order(arrays) is None
+  assert inference.length_order({"attention_mask": mask}).tolist() == [1, 3, 2, 0]
+  assert inference.length_order(arrays) is None

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from distill_jax import models, train
+from distill_jax import inference, models
 from distill_jax.blockwise import jobs, layout
 from distill_jax.config import apply_overrides
 from distill_jax.errors import InputError
@@ -68,8 +68,8 @@ def replace_one(run, t: layout.Teacher, groups, j: int, spec: str, block: dict,
   if block:
     params[f"block_{j}"] = block
   name = run.task.agreement_output
-  out = train.predict(model, params, rows, run.mesh, run.config.eval_batch_size,
-                      run.data.prepare, (name,))[name]
+  out = inference.predict(model, params, rows, run.mesh, run.config.eval_batch_size,
+                          run.data.prepare, (name,))[name]
   return float(run.task.agreement(out, reference))
 
 
@@ -89,8 +89,8 @@ def plan(run, teacher, teacher_params: Any) -> tuple[Any, dict]:
   groups = layout.groups(b.blocks, t.depth, num_blocks)
   rows = {k: v[:run.config.student.init.num_examples] for k, v in run.data.train.items()}
   name = run.task.agreement_output
-  reference = train.predict(teacher, teacher_params, rows, run.mesh, run.config.eval_batch_size,
-                            run.data.prepare, (name,))[name]
+  reference = inference.predict(teacher, teacher_params, rows, run.mesh, run.config.eval_batch_size,
+                                run.data.prepare, (name,))[name]
   # A dropped block passes its input on: only where its two ends have one width.
   module, tparams = layout.as_stitched(t, groups, head=False)
   example = run.data.prepare(dict(run.data.example))

@@ -35,7 +35,7 @@ def open_stream(data_config, source: Any, batch_size: int, seed: int):
 
 class HeldOut:
   """A held-out source read in order a batch at a time, never whole in memory (50,000 ImageNet
-  images at 224 px are 30 GB as float32): ``len`` and ``take(idx)`` for ``train.predict``,
+  images at 224 px are 30 GB as float32): ``len`` and ``take(idx)`` for ``inference.predict``,
   ``["y"]`` the labels (read once). ``example_transform``: each image's preprocessing."""
 
   def __init__(self, source: Any, example_transform: Any = None):

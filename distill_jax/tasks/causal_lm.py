@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from distill_jax import train
+from distill_jax import inference
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.files import atomic
 from distill_jax.paths import fingerprint
@@ -47,7 +47,7 @@ def load_tokenizer(spec: str, text: str) -> tuple[tokenizers.Tokenizer, Optional
 
 @dataclasses.dataclass(frozen=True)
 class WithTeacher:
-  """A student and its teacher as one model for ``train.predict``: each held-out token's
+  """A student and its teacher as one model for ``inference.predict``: each held-out token's
   student log-probability and KL(teacher || student) of the next-token distributions."""
   student: Any
   teacher: Any
@@ -188,12 +188,12 @@ class CausalLM(Task):
     w = held["windows"]
     arrays = {k: w[k] for k in ("tokens", "y")}
     if reference is None:
-      out = train.predict(model, params, arrays, mesh, config.eval_batch_size,
-                          outputs=("token_logprob",))
+      out = inference.predict(model, params, arrays, mesh, config.eval_batch_size,
+                              outputs=("token_logprob",))
     else:
-      out = train.predict(WithTeacher(model, reference["model"]),
-                          (params, reference["params"]), arrays, mesh, config.eval_batch_size,
-                          outputs=("token_logprob", "token_kl"))
+      out = inference.predict(WithTeacher(model, reference["model"]),
+                              (params, reference["params"]), arrays, mesh, config.eval_batch_size,
+                              outputs=("token_logprob", "token_kl"))
     weight = w["weight"]
     nll, count = -float(np.sum(out["token_logprob"] * weight)), float(np.sum(weight))
     metrics = {"log_likelihood": -nll / count, "perplexity": float(np.exp(nll / count))}
@@ -214,8 +214,8 @@ class CausalLM(Task):
     full = np.concatenate([prompts, np.asarray(new)], 1).astype(np.int32)
     scorer, scorer_params = ((reference["model"], reference["params"]) if reference
                              else (model, params))
-    logprob = train.predict(scorer, scorer_params, {"tokens": full[:, :-1], "y": full[:, 1:]},
-                            mesh, config.eval_batch_size, outputs=("token_logprob",))
+    logprob = inference.predict(scorer, scorer_params, {"tokens": full[:, :-1], "y": full[:, 1:]},
+                                mesh, config.eval_batch_size, outputs=("token_logprob",))
     return -float(np.mean(logprob["token_logprob"][:, PROMPT - 1:]))
 
   def sampler(self, model, config):

@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from distill_jax import data as data_lib
-from distill_jax import losses, train
+from distill_jax import inference, losses
 from distill_jax.data.feed import HeldOut
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.paths import fingerprint
@@ -24,7 +24,7 @@ def as_task_data(ds: data_lib.Dataset, identity: dict) -> TaskData:
 def logits_of(model, params: Any, held_out: Any, mesh, config) -> np.ndarray:
   """Logits of the held-out inputs: arrays (``{"x": ...}``) or a streamed :class:`HeldOut`."""
   rows = held_out if isinstance(held_out, HeldOut) else {"x": held_out["x"]}
-  return train.predict(model, params, rows, mesh, config.eval_batch_size)["logits"]
+  return inference.predict(model, params, rows, mesh, config.eval_batch_size)["logits"]
 
 
 def top1_agreement(a: np.ndarray, b: np.ndarray) -> float:

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from distill_jax import train
+from distill_jax import inference
 from distill_jax.data import graphs
 from distill_jax.errors import InputError
 from distill_jax.paths import fingerprint
@@ -43,7 +43,7 @@ def task_data(graph: graphs.Graph, train_ids, val_ids, test_ids, identity: dict)
 
 def logits_of(model, params: Any, data: TaskData, mesh) -> np.ndarray:
   """(N, classes): one full-graph forward pass."""
-  return train.predict(model, params, data.eval["graph"], mesh, batch_size=1)["logits"][0]
+  return inference.predict(model, params, data.eval["graph"], mesh, batch_size=1)["logits"][0]
 
 
 class NodeClassification(Task):

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from distill_jax import sharding, train
+from distill_jax import inference, sharding
 from distill_jax.data.sources import SOURCES, tfds_builder
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.files import atomic
@@ -125,8 +125,8 @@ def predict_by_length(model, params: Any, tokens: dict, mesh, batch_size: int,
   in :func:`trim`-med batches of :func:`length_batches` (little padding, bounded work)."""
   lengths = tokens["attention_mask"].sum(1)
   order = np.argsort(-lengths, kind="stable")
-  return train.predict(model, params, tokens, mesh, batch_size, trim, (output,), order=order,
-                       batches=length_batches(lengths[order], batch_size, max_tokens))[output]
+  return inference.predict(model, params, tokens, mesh, batch_size, trim, (output,), order=order,
+                           batches=length_batches(lengths[order], batch_size, max_tokens))[output]
 
 
 class SentenceEmbedding(Task):

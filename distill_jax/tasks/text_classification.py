@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from distill_jax import sharding, train
+from distill_jax import inference, sharding
 from distill_jax.data.dataset import seeded_split
 from distill_jax.data.sources import tfds_builder
 from distill_jax.errors import InputError, MissingInput
@@ -138,8 +138,8 @@ class TextClassification(SentenceEmbedding):
                     teacher_only=teacher_only)
 
   def logits(self, model, params: Any, data: TaskData, mesh, config) -> np.ndarray:
-    return train.predict(model, params, data.eval["tokens"], mesh or sharding.make_mesh(),
-                         config.eval_batch_size, trim)["logits"]
+    return inference.predict(model, params, data.eval["tokens"], mesh or sharding.make_mesh(),
+                             config.eval_batch_size, trim)["logits"]
 
   def reference(self, model, params, data, mesh, config) -> np.ndarray:
     return self.logits(model, params, data, mesh, config)

@@ -7,7 +7,7 @@ beside it (``sines_config.py``) imports this module, which registers the task an
 import jax.numpy as jnp
 import numpy as np
 
-from distill_jax import losses, train
+from distill_jax import inference, losses
 from distill_jax.paths import fingerprint
 from distill_jax.tasks import TASKS, Task, TaskData
 
@@ -39,8 +39,8 @@ class Sines(Task):
                     example={"x": x[:2], "target": y[:2]}, mixup_keys=("x",))
 
   def evaluate(self, model, params, data, mesh, config, reference=None) -> dict:
-    pred = train.predict(model, params, {"x": data.eval["x"]}, mesh,
-                         config.eval_batch_size)["logits"][:, 0]
+    pred = inference.predict(model, params, {"x": data.eval["x"]}, mesh,
+                             config.eval_batch_size)["logits"][:, 0]
     y = data.eval["target"]
     return {"r2": float(1.0 - np.mean((pred - y) ** 2) / np.var(y))}
 
