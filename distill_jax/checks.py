@@ -66,6 +66,11 @@ def check_values(config) -> None:
   if config.distill.on_policy.fraction > 1 or not 0 < config.distill.on_policy.top_p <= 1:
     raise InputError(f"distill.on_policy: fraction={config.distill.on_policy.fraction} must be "
                      f"<= 1 and top_p={config.distill.on_policy.top_p} in (0, 1]")
+  # Settings of one task's data that another task would silently ignore.
+  for dotted, unset in (("data.augment.copies", 0), ("data.labelled.fraction", 1.0)):
+    if config.task != "text_classification" and _get(config, dotted) != unset:
+      raise InputError(f"{dotted}={_get(config, dotted)!r} applies to task "
+                       f"'text_classification' only, not {config.task!r}")
   for phase in ("student",) if config.teacher.load else ("teacher", "student"):
     recipe = config[phase]     # built at the phase's start: vetted before anything runs
     try:

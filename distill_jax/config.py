@@ -66,7 +66,11 @@ def defaults() -> ml_collections.ConfigDict:
       example_augment=(), batch_augment=(), eval_example=(),
       # text classification: `copies` unlabelled altered copies of each training sentence
       # (n-gram sampling, then masking; Tang et al. 2019) that only the teacher terms see
-      augment=dict(copies=0, mask_prob=0.1, ngram_prob=0.25, seed=0))
+      augment=dict(copies=0, mask_prob=0.1, ngram_prob=0.25, seed=0),
+      # text classification: only a seeded fraction of the training rows keeps its label; the
+      # others stay in the transfer set unlabelled (semi-supervised KD: the teacher fine-tunes
+      # and the labels-only phases train on the labelled rows, the teacher terms see all)
+      labelled=dict(fraction=1.0, seed=0))
   c.batch_size = 64
   c.eval_batch_size = 512
   c.eval_cache = False              # remember evaluations by (params, data, settings) across runs

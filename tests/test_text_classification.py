@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from distill_jax import losses, models, recombine
+from distill_jax import checks, losses, models, recombine
 from distill_jax.config import load
 from distill_jax.errors import InputError, MissingInput
 from distill_jax.main import run_job
 from distill_jax.paths import flatten
-from distill_jax.tasks.text_classification import augment, read_tsv
+from distill_jax.tasks.text_classification import augment, read_tsv, unlabel
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "sst2.py")
 
@@ -162,3 +162,43 @@ def test_the_validation_split_holds_out_labelled_rows_only(minilm_job):
   assert val.num_train == 70 and (val.train["y"] == -1).sum() == 40
   assert (data.teacher_only == (data.train["y"] == -1)).all()
   assert (val.teacher_only == (val.train["y"] == -1)).all()
+
+
+def test_a_labelled_fraction_keeps_a_seeded_share_of_the_labels():
+  labels = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+  kept = unlabel(labels, 0.25, seed=3)
+  assert (kept >= 0).sum() == 2 and (kept[kept >= 0] == labels[kept >= 0]).all()
+  assert (kept == -1).sum() == 6
+  assert (unlabel(labels, 0.25, seed=3) == kept).all()
+  assert not (unlabel(labels, 0.5, seed=4) == unlabel(labels, 0.5, seed=5)).all()
+  assert unlabel(labels, 1.0, seed=0) is labels
+  assert (unlabel(labels, 0.01, seed=0) >= 0).sum() == 1          # at least one row
+  for bad in (0.0, 1.5, "half"):
+    with pytest.raises(InputError, match=r"data.labelled.fraction=.* must be in \(0, 1\]"):
+      unlabel(labels, bad, seed=0)
+
+
+def test_unlabelled_rows_are_seen_by_the_teacher_terms_only():
+  from distill_jax.tasks import TASKS
+  config = load(CONFIG, "smoke")
+  with config.unlocked():
+    config.data.labelled.fraction = 0.25
+    config.data.augment.copies = 1
+  data = TASKS.get("text_classification").load(config)
+  # 40 rows, 10 of them labelled, and 40 augmented copies: 70 rows the labels-only phases
+  # (the teacher's fine-tune, the baseline) skip
+  assert data.num_train == 80 and (data.train["y"][:40] >= 0).sum() == 10
+  assert (data.teacher_only == (data.train["y"] == -1)).all() and data.teacher_only.sum() == 70
+  assert data.identity["labelled"] == {"fraction": 0.25, "seed": 0}
+
+
+def test_text_only_data_settings_are_refused_for_other_tasks():
+  config = load(os.path.join(os.path.dirname(CONFIG), "digits_mlp10_to3.py"))
+  checks.check_values(config)
+  for key, value in (("labelled", {"fraction": 0.5, "seed": 0}), ("augment", {"copies": 2})):
+    changed = load(os.path.join(os.path.dirname(CONFIG), "digits_mlp10_to3.py"))
+    with changed.unlocked():
+      changed.data[key].update(value)
+    with pytest.raises(InputError, match=rf"data.{key}.* applies to task 'text_classification' "
+                                         "only, not 'classification'"):
+      checks.check_values(changed)

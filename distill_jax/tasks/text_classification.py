@@ -3,6 +3,7 @@ BERT or CNN students. Data: a GLUE-layout TSV (``sentence<TAB>label`` with a hea
 prepared TFDS GLUE dataset; held out: accuracy, loss and agreement with the teacher.
 Optional augmentation of the transfer set (Tang et al., 2019): unlabelled copies of the
 training sentences with masked tokens and sampled n-grams, which only the teacher terms see.
+Optionally only a fraction of the training rows keeps its labels (``data.labelled``).
 """
 import dataclasses
 import os
@@ -100,6 +101,21 @@ def augment(tokens: dict, copies: int, mask_prob: float, ngram_prob: float, mask
   return {"input_ids": out, "attention_mask": out_mask, "token_type_ids": np.zeros_like(out)}
 
 
+def unlabel(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """``labels`` with all but a seeded ``fraction`` of the rows (rounded, at least one) set to
+  -1, unlabelled: those rows stay in the transfer set for the teacher terms only."""
+  if not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+    raise InputError(f"data.labelled.fraction={fraction!r} must be in (0, 1]: the share of "
+                     "training rows that keep their labels")
+  if fraction == 1.0:
+    return labels
+  keep = np.random.default_rng(seed).permutation(len(labels))[
+      :max(1, int(round(len(labels) * fraction)))]
+  out = np.full_like(labels, -1)
+  out[keep] = labels[keep]
+  return out
+
+
 class TextClassification(SentenceEmbedding):
   """Its pretrained models (``minilm``, a safetensors folder) and exports (safetensors for a
   plain BERT, the tokenizer) are the sentence-embedding task's."""
@@ -114,16 +130,16 @@ class TextClassification(SentenceEmbedding):
     dev_sentences, dev_labels = read_split(d, "eval")
     tokens = tokenizer.encode(sentences, d.max_length, padding="max_length")
     num_classes = int(max(labels.max(), dev_labels.max()) + 1)
-    train_rows = dict(tokens, y=labels)
+    train_rows = dict(tokens, y=unlabel(labels, d.labelled.fraction, d.labelled.seed))
     a = d.augment
-    teacher_only = None
+    teacher_only = None if d.labelled.fraction == 1.0 else train_rows["y"] < 0
     if a.copies:
       extra = augment(tokens, a.copies, a.mask_prob, a.ngram_prob,
                       tokenizer.tokenizer.token_to_id("[MASK]"), a.seed)
       train_rows = {k: np.concatenate([v, extra[k] if k in extra else
                                        np.full(len(extra["input_ids"]), -1, np.int32)])
                     for k, v in train_rows.items()}
-      teacher_only = np.arange(len(train_rows["y"])) >= len(labels)
+      teacher_only = train_rows["y"] < 0
     dev = tokenizer.encode(dev_sentences, d.eval_max_length, padding="max_length")
     order = np.argsort(-dev["attention_mask"].sum(1), kind="stable")   # little padding a batch
     held_out = {"tokens": {k: v[order] for k, v in dev.items()}, "y": dev_labels[order],
@@ -133,6 +149,7 @@ class TextClassification(SentenceEmbedding):
                     {"source": d.source, "path": d.path, "eval_path": d.eval_path,
                      "name": d.name, "max_length": d.max_length,
                      "eval_max_length": d.eval_max_length, "augment": dict(a),
+                     "labelled": dict(d.labelled),
                      "sha256": fingerprint([train_rows, dev, dev_labels])},
                     example={k: v[:2] for k, v in train_rows.items()}, prepare=trim,
                     teacher_only=teacher_only)
