@@ -21,7 +21,9 @@ Arguments (comma separated):
 * ``cnn``: the student is a CNN (widths 3, 4, 5; 100 filters each) over the teacher's token
   embeddings (copied, frozen); the baseline trains it on labels only. For runs longer than an
   epoch of the transfer set, ``--config.distill.cache=full`` computes the teacher's logits
-  once for every training row (docs/text_classification.md).
+  once for every training row (docs/text_classification.md). With few labels
+  (``--config.data.labelled.fraction=0.05``), the teacher and the baseline train on the
+  labelled share and KD reads the teacher on every row.
 * ``augment``: one unlabelled altered copy of each training sentence (n-gram sampling and
   masking, Tang et al. 2019) in the transfer set, seen only by the KD term.
 * ``smoke``: seconds, on tests/fixtures (for tests).
