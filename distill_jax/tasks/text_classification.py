@@ -132,14 +132,14 @@ class TextClassification(SentenceEmbedding):
     num_classes = int(max(labels.max(), dev_labels.max()) + 1)
     train_rows = dict(tokens, y=unlabel(labels, d.labelled.fraction, d.labelled.seed))
     a = d.augment
-    teacher_only = None if d.labelled.fraction == 1.0 else train_rows["y"] < 0
     if a.copies:
       extra = augment(tokens, a.copies, a.mask_prob, a.ngram_prob,
                       tokenizer.tokenizer.token_to_id("[MASK]"), a.seed)
       train_rows = {k: np.concatenate([v, extra[k] if k in extra else
                                        np.full(len(extra["input_ids"]), -1, np.int32)])
                     for k, v in train_rows.items()}
-      teacher_only = train_rows["y"] < 0
+    # Rows without a label (the unlabelled share, augmented copies) are for the teacher terms.
+    unlabelled = train_rows["y"] < 0
     dev = tokenizer.encode(dev_sentences, d.eval_max_length, padding="max_length")
     order = np.argsort(-dev["attention_mask"].sum(1), kind="stable")   # little padding a batch
     held_out = {"tokens": {k: v[order] for k, v in dev.items()}, "y": dev_labels[order],
@@ -152,7 +152,7 @@ class TextClassification(SentenceEmbedding):
                      "labelled": dict(d.labelled),
                      "sha256": fingerprint([train_rows, dev, dev_labels])},
                     example={k: v[:2] for k, v in train_rows.items()}, prepare=trim,
-                    teacher_only=teacher_only)
+                    teacher_only=unlabelled if unlabelled.any() else None)
 
   def logits(self, model, params: Any, data: TaskData, mesh, config) -> np.ndarray:
     return inference.predict(model, params, data.eval["tokens"], mesh or sharding.make_mesh(),
